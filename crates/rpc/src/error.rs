@@ -1,0 +1,26 @@
+//! Errors of the rpc crate (configuration and connection setup; per-call failures are
+//! `tonic::Status`).
+
+/// Failure to build a TLS configuration or to connect.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node or user credentials are unusable.
+    #[error("credentials: {0}")]
+    Identity(#[from] identity::Error),
+    /// rustls refused the configuration (e.g. a key that does not match the certificate).
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The endpoint is not `host:port`.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    /// Connecting (TCP, TLS or HTTP/2) failed.
+    #[error("connecting to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// Binding or accepting on a listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,46 @@
+//! The authenticated gRPC layer every Metropolis service runs on.
+//!
+//! * [`server_tls`]: the rustls server side: presents the node certificate, asks for a client
+//!   certificate and accepts either one chaining to the cluster CA or a valid self-signed
+//!   Ed25519 one (the ephemeral credentials of nodes registering/joining and of owners escrowing).
+//! * [`peer`]: who is calling: a [`PeerInfo::Node`], a [`PeerInfo::User`] or
+//!   [`PeerInfo::Unauthenticated`] (with the self-signed key if one was presented).
+//! * [`authz`]: a tower layer enforcing the build-time method → permission table of
+//!   `proto::authz`, with exactly the gRPC codes of the spec, handing the [`PeerInfo`] to
+//!   handlers through the request extensions.
+//! * [`revocation`]: a shared set of revoked node IDs and certificate serials the layer consults
+//!   on every call, so a deleted node is refused on its very next call (upstream never refuses it).
+//! * [`client_tls`]: client credentials (authenticated, ephemeral, none) and server verification
+//!   (node certificate of the expected cluster CA, optionally a given node ID; or insecure for
+//!   trust-on-first-use fetching of the CA).
+//! * [`serve`]: a TLS accept loop with a bounded handshake feeding a tonic router.
+//! * [`reflection`]: gRPC server reflection (v1 and v1alpha) over our full descriptor set.
+
+#![forbid(unsafe_code)]
+
+pub mod authz;
+pub mod client_tls;
+pub mod error;
+pub mod peer;
+pub mod reflection;
+pub mod revocation;
+pub mod serve;
+pub mod server_tls;
+
+pub use authz::{AuthLayer, ServerSecurity};
+pub use client_tls::{ClientCredentials, ServerVerification};
+pub use error::Error;
+pub use peer::PeerInfo;
+pub use revocation::RevocationSet;
+
+/// The fixed port of the curator services (Curator, CuratorLocal, Management, AAA).
+pub const CURATOR_PORT: u16 = 7835;
+/// The fixed port of etcd peer traffic.
+pub const CONSENSUS_PORT: u16 = 7834;
+/// The fixed port of the NodeManagement service.
+pub const NODE_MANAGEMENT_PORT: u16 = 7839;
+
+/// The rustls crypto provider used everywhere: ring (aws-lc-rs needs cmake to build).
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
