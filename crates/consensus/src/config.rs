@@ -1,0 +1,173 @@
+//! Where a member keeps its files and how it is configured.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use identity::SigningKey;
+
+use crate::error::Error;
+use crate::membership::ExistingNode;
+
+/// File name of the client socket inside the ephemeral directory. etcd 3.4 insists on
+/// `host:port` even in unix URLs, so it is started in that directory with
+/// `unix://client.sock:0`, which creates this file.
+pub const SOCKET_NAME: &str = "client.sock:0";
+
+/// Configuration of one node's etcd member.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Persistent directory: `data/` (etcd's own), `peer_pki/` and `peer_crl`.
+    pub data_dir: PathBuf,
+    /// Runtime directory for the client socket (short path: unix sockets allow 107 bytes).
+    pub ephemeral_dir: PathBuf,
+    /// The node key: the member's name is its node ID and its peer certificate is for this key.
+    pub node_key: SigningKey,
+    /// The node's own address; peers reach the member at `https://<address>:<peer_port>`.
+    /// Upstream advertises `https://<node ID>:7834` and resolves IDs through /etc/hosts; a
+    /// userspace node cannot edit /etc/hosts, so we advertise the IP (which the peer
+    /// certificate carries as an IP SAN).
+    pub address: IpAddr,
+    /// Peer port, 7834 in a real cluster.
+    pub peer_port: u16,
+    /// Present when this node joins (or re-joins) an existing cluster as a new member; the
+    /// data comes from the node's ConsensusMember role, issued by [`crate::Status::add_node`].
+    pub join_cluster: Option<JoinCluster>,
+    /// The etcd binary; `etcd` from PATH by default.
+    pub etcd_binary: PathBuf,
+}
+
+impl Config {
+    /// A configuration with the standard peer port and the etcd binary from PATH.
+    pub fn new(
+        data_dir: PathBuf,
+        ephemeral_dir: PathBuf,
+        node_key: SigningKey,
+        address: IpAddr,
+    ) -> Self {
+        Self {
+            data_dir,
+            ephemeral_dir,
+            node_key,
+            address,
+            peer_port: 7834,
+            join_cluster: None,
+            etcd_binary: PathBuf::from("etcd"),
+        }
+    }
+
+    /// The member name: the node ID.
+    pub fn name(&self) -> String {
+        identity::node_id(&self.node_key.public_key())
+    }
+
+    /// The TLS peer URL this member advertises.
+    pub fn peer_url(&self) -> String {
+        peer_url(self.address, self.peer_port)
+    }
+
+    /// The client socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.ephemeral_dir.join(SOCKET_NAME)
+    }
+
+    /// etcd's own data directory.
+    pub fn etcd_data_dir(&self) -> PathBuf {
+        self.data_dir.join("data")
+    }
+
+    /// The peer PKI files.
+    pub fn peer_pki(&self) -> PeerPki {
+        PeerPki {
+            dir: self.data_dir.join("peer_pki"),
+            crl: self.data_dir.join("peer_crl"),
+        }
+    }
+}
+
+/// `https://<ip>:<port>`, with brackets for IPv6.
+pub fn peer_url(address: IpAddr, port: u16) -> String {
+    match address {
+        IpAddr::V4(a) => format!("https://{a}:{port}"),
+        IpAddr::V6(a) => format!("https://[{a}]:{port}"),
+    }
+}
+
+/// What a new member needs to join: returned by [`crate::Status::add_node`] and kept verbatim in
+/// the node's ConsensusMember role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinCluster {
+    /// DER of the etcd peer CA.
+    pub ca_certificate: Vec<u8>,
+    /// DER of this member's peer certificate.
+    pub node_certificate: Vec<u8>,
+    /// The voting members to contact.
+    pub existing_nodes: Vec<ExistingNode>,
+    /// DER of the peer CA's CRL at the time of joining.
+    pub initial_crl: Vec<u8>,
+}
+
+/// The member's peer TLS files as etcd reads them.
+#[derive(Debug, Clone)]
+pub struct PeerPki {
+    dir: PathBuf,
+    crl: PathBuf,
+}
+
+impl PeerPki {
+    /// The member certificate (PEM).
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    /// The member key (PKCS#8 PEM, 0600).
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("cert-key.pem")
+    }
+    /// The peer CA certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    /// The peer CRL (DER).
+    pub fn crl(&self) -> &Path {
+        &self.crl
+    }
+
+    /// Whether none of the PKI files exist: the signal for a PKI bootstrap.
+    pub fn all_absent(&self) -> bool {
+        [self.cert(), self.key(), self.ca()]
+            .iter()
+            .all(|p| !p.exists())
+    }
+
+    /// Writes certificate, key, CA and CRL (key 0600, atomically each).
+    pub fn write_all(
+        &self,
+        cert_der: &[u8],
+        key: &SigningKey,
+        ca_der: &[u8],
+        crl_der: &[u8],
+    ) -> Result<(), Error> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
+            what: "creating peer PKI directory",
+            path: self.dir.clone(),
+            source,
+        })?;
+        key.save(&self.key())?;
+        identity::files::write_atomic(
+            &self.cert(),
+            identity::files::certificate_to_pem(cert_der).as_bytes(),
+            0o644,
+        )?;
+        identity::files::write_atomic(
+            &self.ca(),
+            identity::files::certificate_to_pem(ca_der).as_bytes(),
+            0o644,
+        )?;
+        identity::files::write_atomic(&self.crl, crl_der, 0o644)?;
+        Ok(())
+    }
+
+    /// The CA certificate written to disk (DER).
+    pub fn read_ca(&self) -> Result<Vec<u8>, Error> {
+        Ok(identity::files::load_certificate(&self.ca())?)
+    }
+}

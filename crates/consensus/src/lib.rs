@@ -1,0 +1,33 @@
+//! consensus: the etcd member every ConsensusMember node runs, managed by the node itself.
+//!
+//! The Debian `etcd` binary runs as a supervised child process of the node (never as a system
+//! service): clients reach it over a unix socket in the node's ephemeral directory, peers over
+//! TLS with Ed25519 certificates from an etcd peer CA that lives inside etcd itself (spec 6,
+//! upstream `metropolis/node/core/consensus`).
+//!
+//! * [`Service::run`] is the supervisor runnable: PKI bootstrap on first start (etcd without
+//!   peers, CA and member certificate created inside it, written to disk, etcd stopped), then
+//!   the full member; restart from disk; joining an existing cluster from [`JoinCluster`] data.
+//!   It reports [`Status`] only once the member is a voting member.
+//! * [`Status::add_node`] issues a peer certificate and adds a learner (what UpdateNodeRoles and
+//!   bootstrap use), [`Status::remove_node`] removes a member unless that breaks quorum.
+//! * Two helpers run next to the member: the autopromoter (every 5 s, on the etcd leader only,
+//!   promotes learners) and the self-updater (sets the member's peer URL once, because the
+//!   bootstrap member first registered a plain-HTTP one).
+
+#![deny(unsafe_code)]
+
+mod config;
+mod error;
+mod membership;
+mod peer_pki;
+mod process;
+mod service;
+
+pub use config::{Config, JoinCluster, PeerPki};
+pub use error::Error;
+pub use membership::ExistingNode;
+pub use service::{Service, Status, StatusWatch};
+
+/// Initial cluster token of every Metropolis etcd cluster (upstream's value).
+pub const CLUSTER_TOKEN: &str = "METROPOLIS";

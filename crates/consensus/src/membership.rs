@@ -1,0 +1,191 @@
+//! Cluster membership: adding a node as a learner (with its peer certificate), removing one
+//! without breaking quorum, and the two helpers that run beside every member (autopromoter,
+//! self-updater).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use identity::PublicKey;
+use kv::etcd_client::{self, Client, MemberAddOptions};
+
+use crate::config::{JoinCluster, peer_url};
+use crate::error::Error;
+use crate::peer_pki;
+use crate::service::Status;
+
+/// How often the autopromoter looks for learners (upstream: 5 s).
+pub const AUTOPROMOTE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the self-updater retries a failed peer URL update (upstream: 1 s).
+const SELF_UPDATE_RETRY: Duration = Duration::from_secs(1);
+
+/// A voting member another node can contact when joining.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingNode {
+    /// Member name (node ID).
+    pub name: String,
+    /// Its first peer URL.
+    pub url: String,
+}
+
+impl Status {
+    /// Prepares `pubkey`'s node (reachable at `address`) to join as a new member: issues its
+    /// peer certificate, lists the voting members and the CRL, and adds it as a learner unless
+    /// it already is a member. Idempotent. etcd admits one learner at a time; adding a second
+    /// before the first is promoted fails (the caller retries).
+    pub async fn add_node(
+        &self,
+        pubkey: &PublicKey,
+        address: IpAddr,
+    ) -> Result<JoinCluster, Error> {
+        let ns = self.pki_namespace()?;
+        let ca = peer_pki::ensure_ca(&ns).await?;
+        let node_certificate = peer_pki::ensure_member(&ns, pubkey, address).await?;
+        let initial_crl = peer_pki::crl(&ns).await?;
+
+        let id = identity::node_id(pubkey);
+        let url = peer_url(address, self.peer_port);
+        let members = self.client().member_list().await?;
+        let existing_nodes = members
+            .members()
+            .iter()
+            .filter(|m| !m.is_learner() && !m.peer_urls().is_empty())
+            .map(|m| ExistingNode {
+                name: m.name().to_string(),
+                url: m.peer_urls()[0].clone(),
+            })
+            .collect();
+        // A learner that has not started yet has no name: match its URL too.
+        let known = members
+            .members()
+            .iter()
+            .any(|m| m.name() == id || m.peer_urls().contains(&url));
+        if !known {
+            self.client()
+                .member_add(
+                    [url.clone()],
+                    Some(MemberAddOptions::new().with_is_learner()),
+                )
+                .await?;
+            tracing::info!("added {id} at {url} as an etcd learner");
+        }
+        Ok(JoinCluster {
+            ca_certificate: ca,
+            node_certificate,
+            existing_nodes,
+            initial_crl,
+        })
+    }
+
+    /// Removes `node_id`'s member (matched by name, or by peer URL at `address` for a learner
+    /// that never started). Returns whether a member was removed. Refuses to remove the last
+    /// voting member, and lets etcd's strict reconfiguration check refuse removals that would
+    /// leave fewer started members than a quorum; both come back as
+    /// [`Error::QuorumWouldBreak`].
+    pub async fn remove_node(&self, node_id: &str, address: Option<IpAddr>) -> Result<bool, Error> {
+        let url = address.map(|a| peer_url(a, self.peer_port));
+        let members = self.client().member_list().await?;
+        let Some(target) = members.members().iter().find(|m| {
+            m.name() == node_id || url.as_ref().is_some_and(|u| m.peer_urls().contains(u))
+        }) else {
+            return Ok(false);
+        };
+        let voters = members.members().iter().filter(|m| !m.is_learner()).count();
+        if !target.is_learner() && voters <= 1 {
+            return Err(Error::QuorumWouldBreak {
+                node_id: node_id.to_string(),
+                reason: "it is the last voting member".to_string(),
+            });
+        }
+        match self.client().member_remove(target.id()).await {
+            Ok(_) => {
+                tracing::info!("removed etcd member {node_id}");
+                Ok(true)
+            }
+            Err(e) if is_quorum_refusal(&e) => Err(Error::QuorumWouldBreak {
+                node_id: node_id.to_string(),
+                reason: format!("etcd refused: {e}"),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// etcd's strict reconfiguration check (on by default): "unhealthy cluster" when removing the
+/// member would leave fewer connected members than a quorum, "not enough started members" for
+/// the same check on other reconfigurations.
+fn is_quorum_refusal(e: &etcd_client::Error) -> bool {
+    let message = e.to_string();
+    message.contains("unhealthy cluster") || message.contains("not enough started members")
+}
+
+/// Promotes learners while the local member is the raft leader (a cheap stand-in for a
+/// leader election: promotion is idempotent, the check only avoids every member hammering the
+/// cluster). etcd refuses to promote a learner that is not in sync yet; that is only logged.
+pub async fn autopromote_once(client: &Client, logger: &logtree::LeveledLogger) {
+    let mut c = client.clone();
+    let status = match c.status().await {
+        Ok(s) => s,
+        Err(e) => {
+            logger.warning(
+                &logtree::caller_location(),
+                format!("autopromoter: status failed: {e}"),
+            );
+            return;
+        }
+    };
+    let is_leader = status
+        .header()
+        .is_some_and(|h| h.member_id() == status.leader());
+    if !is_leader {
+        return;
+    }
+    let members = match c.member_list().await {
+        Ok(m) => m,
+        Err(e) => {
+            logger.warning(
+                &logtree::caller_location(),
+                format!("autopromoter: member list failed: {e}"),
+            );
+            return;
+        }
+    };
+    for m in members.members().iter().filter(|m| m.is_learner()) {
+        match c.member_promote(m.id()).await {
+            Ok(_) => logger.info(
+                &logtree::caller_location(),
+                format!("promoted consensus node {}", m.name()),
+            ),
+            Err(e) => logger.info(
+                &logtree::caller_location(),
+                format!("cannot promote consensus node {} yet: {e}", m.name()),
+            ),
+        }
+    }
+}
+
+/// Sets the member's peer URL once per run (the bootstrap member first registered a plain-HTTP
+/// URL); retries until it works.
+pub async fn self_update(status: &Status, logger: &logtree::LeveledLogger) {
+    loop {
+        match status
+            .client()
+            .member_update(status.member_id, [status.peer_url.clone()])
+            .await
+        {
+            Ok(_) => {
+                logger.info(
+                    &logtree::caller_location(),
+                    format!("peer URL set to {}", status.peer_url),
+                );
+                return;
+            }
+            Err(e) => {
+                logger.warning(
+                    &logtree::caller_location(),
+                    format!("failed to update peer URL: {e}"),
+                );
+                tokio::time::sleep(SELF_UPDATE_RETRY).await;
+            }
+        }
+    }
+}

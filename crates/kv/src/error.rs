@@ -1,0 +1,57 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong talking to etcd through this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An etcd request failed (connection lost, etcd refused it, …).
+    #[error("etcd request failed: {0}")]
+    Etcd(#[from] etcd_client::Error),
+
+    /// The unix socket of the local etcd member could not be connected to.
+    #[error(
+        "cannot connect to etcd at {}: {source} (is the consensus service running?)",
+        path.display()
+    )]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// Underlying transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+
+    /// A sub-namespace name was rejected.
+    #[error("invalid etcd namespace name {name:?}: {reason}")]
+    InvalidNamespace {
+        /// The offending name.
+        name: String,
+        /// Why it is invalid.
+        reason: &'static str,
+    },
+
+    /// etcd cancelled a watch; the caller must re-read and watch again.
+    #[error(
+        "etcd cancelled the watch (compact revision {compact_revision}): {reason}; re-read and watch again"
+    )]
+    WatchCanceled {
+        /// etcd's reason text, often empty.
+        reason: String,
+        /// Nonzero when the requested start revision was already compacted away.
+        compact_revision: i64,
+    },
+
+    /// A test etcd could not be started (see [`crate::testing`]).
+    #[error("test etcd failed to start: {reason}\n--- last lines of etcd's stderr ---\n{stderr}")]
+    TestEtcd {
+        /// What went wrong.
+        reason: String,
+        /// The tail of etcd's stderr at the time.
+        stderr: String,
+    },
+}
