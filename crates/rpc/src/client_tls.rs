@@ -11,13 +11,13 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use identity::SigningKey;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::Error;
+use crate::tls_verify::{HandshakeSignatures, refused};
 
 /// How long establishing a connection (TCP + TLS + HTTP/2) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,7 +66,7 @@ pub enum ServerVerification {
 #[derive(Debug)]
 struct NodeCertVerifier {
     verification: ServerVerification,
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl ServerCertVerifier for NodeCertVerifier {
@@ -103,12 +103,7 @@ impl ServerCertVerifier for NodeCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -117,29 +112,12 @@ impl ServerCertVerifier for NodeCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct RefusedServer(String);
-
-fn refused(reason: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-        RefusedServer(reason),
-    ))))
 }
 
 /// Builds a rustls client configuration (ALPN h2) for these credentials and this verification.
@@ -150,7 +128,7 @@ pub fn client_config(
     let provider = crate::crypto_provider();
     let verifier = Arc::new(NodeCertVerifier {
         verification,
-        provider: provider.clone(),
+        signatures: HandshakeSignatures::default(),
     });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

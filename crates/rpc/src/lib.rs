@@ -26,6 +26,7 @@ pub mod reflection;
 pub mod revocation;
 pub mod serve;
 pub mod server_tls;
+pub mod tls_verify;
 
 pub use authz::{AuthLayer, ServerSecurity};
 pub use client_tls::{ClientCredentials, ServerVerification};

@@ -12,20 +12,18 @@ use std::sync::Arc;
 
 use identity::credentials::NodeCredentials;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
-};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
 use crate::Error;
+use crate::tls_verify::{HandshakeSignatures, refused};
 
 /// Verifier accepting certificates of the cluster CA and valid self-signed Ed25519 ones.
 #[derive(Debug)]
 pub struct ClusterOrSelfSignedVerifier {
     cluster_ca: Vec<u8>,
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl ClusterOrSelfSignedVerifier {
@@ -33,7 +31,7 @@ impl ClusterOrSelfSignedVerifier {
     pub fn new(cluster_ca: Vec<u8>) -> Self {
         Self {
             cluster_ca,
-            provider: crate::crypto_provider(),
+            signatures: HandshakeSignatures::default(),
         }
     }
 }
@@ -66,8 +64,8 @@ impl ClientCertVerifier for ClusterOrSelfSignedVerifier {
             return Ok(ClientCertVerified::assertion());
         }
         let reason = in_cluster.err().map(|e| e.to_string()).unwrap_or_default();
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(RefusedClientCertificate(reason))),
+        Err(refused(format!(
+            "client certificate is neither issued by this cluster's CA nor a valid self-signed Ed25519 certificate: {reason}"
         )))
     }
 
@@ -77,12 +75,7 @@ impl ClientCertVerifier for ClusterOrSelfSignedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -91,27 +84,13 @@ impl ClientCertVerifier for ClusterOrSelfSignedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
-
-/// Why a client certificate was refused during the handshake.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "client certificate is neither issued by this cluster's CA nor a valid self-signed Ed25519 certificate: {0}"
-)]
-struct RefusedClientCertificate(String);
 
 /// The server configuration of a node: its certificate and key, the cluster CA for client
 /// verification, ALPN h2.
