@@ -13,6 +13,9 @@
 //! * [`client_tls`]: client credentials (authenticated, ephemeral, none) and server verification
 //!   (node certificate of the expected cluster CA, optionally a given node ID; or insecure for
 //!   trust-on-first-use fetching of the CA).
+//! * [`leader`]: a client channel that follows the curator leader through
+//!   `CuratorLocal.GetCurrentLeader` (upstream's `metropolis:///control` resolver), with a
+//!   retry helper for calls that hit a follower or a lost leadership.
 //! * [`serve`]: a TLS accept loop with a bounded handshake feeding a tonic router.
 //! * [`reflection`]: gRPC server reflection (v1 and v1alpha) over our full descriptor set.
 
@@ -21,6 +24,7 @@
 pub mod authz;
 pub mod client_tls;
 pub mod error;
+pub mod leader;
 pub mod peer;
 pub mod reflection;
 pub mod revocation;
@@ -31,6 +35,7 @@ pub mod tls_verify;
 pub use authz::{AuthLayer, ServerSecurity};
 pub use client_tls::{ClientCredentials, ServerVerification};
 pub use error::Error;
+pub use leader::{LeaderChannel, LeaderInfo, LeaderOptions};
 pub use peer::PeerInfo;
 pub use revocation::RevocationSet;
 
