@@ -1,0 +1,441 @@
+//! Register Flow (RegisterNode → manager approval → CommitNode) and Join Flow (JoinNode),
+//! spec 4.9. All three are called without cluster credentials: the caller proves possession of
+//! a key with a self-signed certificate — the node key for RegisterNode/CommitNode, the join
+//! key for JoinNode.
+
+use identity::PublicKey;
+use kv::etcd_client::TxnOp;
+use prost::Message;
+use proto::common::cluster_configuration::TpmMode;
+use proto::common::{
+    ClusterConfiguration, NodeLabels, NodeState, NodeStorageSecurity, NodeTpmUsage,
+};
+use proto::curator_api::{
+    CommitNodeRequest, CommitNodeResponse, JoinNodeRequest, JoinNodeResponse, RegisterNodeRequest,
+    RegisterNodeResponse,
+};
+use proto::curator_private::Node;
+use rpc::PeerInfo;
+use tonic::Status;
+
+use super::{load_opt, state_name};
+use crate::election::Leadership;
+use crate::leader::Leader;
+use crate::state::node::{self, JOIN_KEYS_PREFIX, NodeRecord};
+use crate::state::{cluster, pki};
+
+/// Length of a cluster unlock key.
+const CLUSTER_UNLOCK_KEY_LEN: usize = 32;
+/// Most labels a node keeps (spec 4.4).
+const MAX_LABELS: usize = 128;
+
+/// RegisterNode: creates the caller's node in state NEW.
+pub(super) async fn register_node(
+    leader: &Leader,
+    peer: &PeerInfo,
+    req: RegisterNodeRequest,
+) -> Result<RegisterNodeResponse, Status> {
+    let node_key = *peer.self_signed_key().ok_or_else(|| {
+        Status::unauthenticated("RegisterNode needs a self-signed certificate of the node key")
+    })?;
+    let join_key = PublicKey::from_slice(&req.join_key).map_err(|_| {
+        Status::invalid_argument(format!(
+            "join_key must be 32 bytes, got {}",
+            req.join_key.len()
+        ))
+    })?;
+    check_ticket(leader, &req.register_ticket).await?;
+
+    let l = &leader.leadership;
+    let _nodes = leader.nodes_lock.lock().await;
+    let config = cluster::configuration(l).await?;
+    let tpm_usage = cluster::tpm_usage(&config, req.have_local_tpm)?;
+    let id = identity::node_id(&node_key);
+    ensure_join_key_free(l, &join_key, &id).await?;
+
+    let record = match load_opt(l, &id).await? {
+        Some(existing) if existing.state() == NodeState::New => {
+            retry_registration(l, existing, &join_key, tpm_usage).await?
+        }
+        Some(existing) => {
+            return Err(Status::failed_precondition(format!(
+                "node {id} already exists, state {}",
+                state_name(&existing)
+            )));
+        }
+        None => {
+            let record = NodeRecord::new(
+                &node_key,
+                Node {
+                    join_key: join_key.as_bytes().to_vec(),
+                    fsm_state: NodeState::New as i32,
+                    tpm_usage: tpm_usage as i32,
+                    labels: valid_labels(req.labels),
+                    ..Default::default()
+                },
+            );
+            node::save(l, &record).await?;
+            tracing::info!("node {id} registered (NEW)");
+            record
+        }
+    };
+    Ok(register_response(&config, &record))
+}
+
+/// The RegisterNode answer for a NEW record. Fixes an upstream quirk: upstream answers a
+/// repeated RegisterNode of a NEW node with an empty response, so a node retrying after a lost
+/// answer reads INVALID policy values; here every answer carries the real values.
+fn register_response(config: &ClusterConfiguration, record: &NodeRecord) -> RegisterNodeResponse {
+    RegisterNodeResponse {
+        cluster_configuration: Some(config.clone()),
+        tpm_usage: record.node.tpm_usage,
+        recommended_node_storage_security: cluster::recommended_storage(config) as i32,
+    }
+}
+
+/// A repeated RegisterNode of a node that is still NEW. Upstream keeps the first record
+/// unchanged whatever the retry says. We adopt the retry's join key and TPM usage instead: the
+/// caller proved possession of the node key, a NEW node holds no secrets yet, and a node that
+/// lost its first join key (e.g. restarted registration) could otherwise never join after
+/// committing. The old join-key index entry is removed in the same transaction, so no stale
+/// index entry survives.
+async fn retry_registration(
+    l: &Leadership,
+    mut record: NodeRecord,
+    join_key: &PublicKey,
+    tpm_usage: NodeTpmUsage,
+) -> Result<NodeRecord, Status> {
+    let old_join_key = std::mem::replace(&mut record.node.join_key, join_key.as_bytes().to_vec());
+    record.node.tpm_usage = tpm_usage as i32;
+    let mut ops = vec![
+        TxnOp::put(record.key(), record.node.encode_to_vec(), None),
+        TxnOp::put(join_key_index(join_key.as_bytes()), record.id.clone(), None),
+    ];
+    if !old_join_key.is_empty() && old_join_key != record.node.join_key {
+        ops.push(TxnOp::delete(join_key_index(&old_join_key), None));
+    }
+    l.txn(ops).await?;
+    Ok(record)
+}
+
+/// Refuses a join key that another node already uses. Upstream overwrites the index entry
+/// (a TODO there), which would let a registering node hijack another node's Join Flow: that
+/// node's JoinNode would then resolve to the newcomer. InvalidArgument, as for a WireGuard key
+/// used by another node.
+async fn ensure_join_key_free(
+    l: &Leadership,
+    join_key: &PublicKey,
+    id: &str,
+) -> Result<(), Status> {
+    match l.get(&join_key_index(join_key.as_bytes())).await? {
+        Some(owner) if owner != id.as_bytes() => Err(Status::invalid_argument(
+            "join key is already used by another node",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn join_key_index(join_key: &[u8]) -> String {
+    format!("{JOIN_KEYS_PREFIX}{}", hex::encode(join_key))
+}
+
+/// Checks the register ticket (created on first use) in constant time; PermissionDenied on a
+/// mismatch.
+async fn check_ticket(leader: &Leader, given: &[u8]) -> Result<(), Status> {
+    let expected = {
+        let _ticket = leader.ticket_lock.lock().await;
+        cluster::ensure_register_ticket(&leader.leadership).await?
+    };
+    if ticket_matches(&expected, given) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied("invalid register ticket"))
+    }
+}
+
+/// Compares without an early exit so the time taken says nothing about how many leading bytes
+/// were right. The length is not secret (every ticket is 34 bytes).
+fn ticket_matches(expected: &[u8], given: &[u8]) -> bool {
+    if expected.len() != given.len() {
+        return false;
+    }
+    let diff = expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(diff) == 0
+}
+
+/// The labels a registering node asked for ([HEAD]): invalid ones and repeated keys are
+/// skipped, at most [`MAX_LABELS`] kept; `None` if none remain.
+fn valid_labels(labels: Option<NodeLabels>) -> Option<NodeLabels> {
+    let mut kept: Vec<proto::common::node_labels::Pair> = Vec::new();
+    for pair in labels.map(|l| l.pairs).unwrap_or_default() {
+        if kept.len() == MAX_LABELS {
+            break;
+        }
+        if valid_label_key(&pair.key)
+            && valid_label_value(&pair.value)
+            && !kept.iter().any(|p| p.key == pair.key)
+        {
+            kept.push(pair);
+        }
+    }
+    (!kept.is_empty()).then_some(NodeLabels { pairs: kept })
+}
+
+/// A label key: an optional DNS name prefix and `/`, then a name (spec 4.4).
+fn valid_label_key(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => valid_dns_name(prefix) && valid_label_name(name),
+        None => valid_label_name(key),
+    }
+}
+
+/// A label value: empty, or like a name.
+fn valid_label_value(value: &str) -> bool {
+    value.is_empty() || valid_label_name(value)
+}
+
+/// 1–63 characters of `[a-zA-Z0-9._-]`, starting and ending alphanumeric.
+fn valid_label_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// A DNS name of lowercase RFC 1123 labels, at most 253 characters.
+fn valid_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            (1..=63).contains(&b.len())
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b.first().is_some_and(|c| *c != b'-')
+                && b.last().is_some_and(|c| *c != b'-')
+        })
+}
+
+/// CommitNode: an approved (STANDBY) node hands over its cluster unlock key and receives its
+/// node certificate; it is UP from then on.
+pub(super) async fn commit_node(
+    leader: &Leader,
+    peer: &PeerInfo,
+    req: CommitNodeRequest,
+) -> Result<CommitNodeResponse, Status> {
+    let node_key = *peer.self_signed_key().ok_or_else(|| {
+        Status::unauthenticated("CommitNode needs a self-signed certificate of the node key")
+    })?;
+    let security = storage_security(req.storage_security)?;
+
+    let l = &leader.leadership;
+    let _nodes = leader.nodes_lock.lock().await;
+    let config = cluster::configuration(l).await?;
+    cluster::validate_storage(&config, security)?;
+    let id = identity::node_id(&node_key);
+    let mut record = node::load(l, &id).await?;
+    check_committable(&record)?;
+    if security != NodeStorageSecurity::Insecure
+        && req.cluster_unlock_key.len() != CLUSTER_UNLOCK_KEY_LEN
+    {
+        return Err(Status::invalid_argument(format!(
+            "cluster_unlock_key must be {CLUSTER_UNLOCK_KEY_LEN} bytes, got {}",
+            req.cluster_unlock_key.len()
+        )));
+    }
+
+    // Issued before the state change is saved: if saving fails the node retries, and the
+    // certificate (stored per key) comes back unchanged.
+    let ca_certificate = pki::ensure_ca(leader.ns()).await?;
+    let node_certificate = pki::ensure_node_certificate(leader.ns(), &node_key).await?;
+    record.set_state(NodeState::Up);
+    record.node.cluster_unlock_key = req.cluster_unlock_key;
+    node::save(l, &record).await?;
+    tracing::info!("node {id} committed (UP)");
+    Ok(CommitNodeResponse {
+        ca_certificate,
+        node_certificate,
+    })
+}
+
+/// The storage security a committing node chose; InvalidArgument unless it is a real choice.
+fn storage_security(value: i32) -> Result<NodeStorageSecurity, Status> {
+    use NodeStorageSecurity as S;
+    match S::try_from(value) {
+        Ok(s @ (S::Insecure | S::Encrypted | S::AuthenticatedEncrypted)) => Ok(s),
+        _ => Err(Status::invalid_argument(
+            "storage_security must be INSECURE, ENCRYPTED or AUTHENTICATED_ENCRYPTED",
+        )),
+    }
+}
+
+/// Only STANDBY nodes may commit. UP is refused on purpose (upstream: a node must not redo
+/// registration once it is in the cluster).
+fn check_committable(record: &NodeRecord) -> Result<(), Status> {
+    use NodeState as S;
+    match record.state() {
+        S::Standby => Ok(()),
+        S::New => Err(Status::permission_denied(format!(
+            "node is not approved yet; wait for approval (metroctl approve {})",
+            record.id
+        ))),
+        // The decommissioning states are ours and only follow UP, so they are refused like UP
+        // and DECOMMISSIONED rather than reported as an internal error.
+        s @ (S::Up | S::Decommissioned | S::DecommissionRequested | S::Decommissioning) => Err(
+            Status::failed_precondition(format!("node is {}, cannot commit", s.as_str_name())),
+        ),
+        S::Invalid => Err(Status::internal("node record has an invalid state")),
+    }
+}
+
+/// JoinNode: a node that is UP proves possession of its join key and receives its cluster
+/// unlock key.
+pub(super) async fn join_node(
+    leader: &Leader,
+    peer: &PeerInfo,
+    req: JoinNodeRequest,
+) -> Result<JoinNodeResponse, Status> {
+    // PermissionDenied rather than Unauthenticated, as upstream.
+    let join_key = *peer.self_signed_key().ok_or_else(|| {
+        Status::permission_denied("JoinNode needs a self-signed certificate of the join key")
+    })?;
+
+    let l = &leader.leadership;
+    let _nodes = leader.nodes_lock.lock().await;
+    let id = node::id_by_join_key(l, join_key.as_bytes()).await?;
+    let record = node::load(l, &id).await?;
+    // The index is only a lookup aid; the record is the truth. A stale entry (which
+    // upstream's unchecked index writes could leave behind) must not let an old join key in.
+    if record.node.join_key != join_key.as_bytes() {
+        return Err(Status::not_found("no node with this join key"));
+    }
+    let config = cluster::configuration(l).await?;
+    check_sealing(&config, &record, req.using_sealed_configuration)?;
+    if record.state() != NodeState::Up {
+        return Err(Status::failed_precondition(format!(
+            "node isn't UP (it is {}), cannot join",
+            state_name(&record)
+        )));
+    }
+    Ok(JoinNodeResponse {
+        cluster_unlock_key: record.node.cluster_unlock_key,
+    })
+}
+
+/// Whether the node's use of a TPM-sealed configuration matches the cluster's TPM mode and
+/// what the node registered with; PermissionDenied otherwise (a node that registered with a
+/// TPM but now joins without one may have been tampered with).
+fn check_sealing(
+    config: &ClusterConfiguration,
+    record: &NodeRecord,
+    sealed: bool,
+) -> Result<(), Status> {
+    let mode = TpmMode::try_from(config.tpm_mode).unwrap_or(TpmMode::Invalid);
+    if mode == TpmMode::Required && !sealed {
+        return Err(Status::permission_denied(
+            "the cluster requires a TPM-sealed configuration",
+        ));
+    }
+    if mode == TpmMode::Disabled && sealed {
+        return Err(Status::permission_denied(
+            "the cluster has TPM use disabled, but the node uses a sealed configuration",
+        ));
+    }
+    let uses_tpm = record.node.tpm_usage == NodeTpmUsage::NodeTpmPresentAndUsed as i32;
+    if uses_tpm && !sealed {
+        return Err(Status::permission_denied(
+            "the node registered with a TPM but did not use a sealed configuration",
+        ));
+    }
+    if !uses_tpm && sealed {
+        return Err(Status::permission_denied(
+            "the node registered without a TPM but uses a sealed configuration",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::common::node_labels::Pair;
+
+    #[test]
+    fn ticket_comparison() {
+        assert!(ticket_matches(b"abc", b"abc"));
+        assert!(!ticket_matches(b"abc", b"abd"));
+        assert!(!ticket_matches(b"abc", b"ab"));
+        assert!(!ticket_matches(b"abc", b""));
+    }
+
+    #[test]
+    fn labels_are_filtered() {
+        let pair = |k: &str, v: &str| Pair {
+            key: k.into(),
+            value: v.into(),
+        };
+        let given = NodeLabels {
+            pairs: vec![
+                pair("rack", "r1"),
+                pair("example.com/zone", ""),
+                pair("-bad", "x"),
+                pair("Bad.Prefix/x", "y"),
+                pair("rack", "duplicate"),
+                pair("ok", "bad value"),
+                pair(&"k".repeat(64), "v"),
+            ],
+        };
+        let kept = valid_labels(Some(given)).expect("some kept");
+        assert_eq!(
+            kept.pairs,
+            vec![pair("rack", "r1"), pair("example.com/zone", "")]
+        );
+        assert!(valid_labels(None).is_none());
+        let many = NodeLabels {
+            pairs: (0..200).map(|i| pair(&format!("k{i}"), "v")).collect(),
+        };
+        assert_eq!(
+            valid_labels(Some(many)).expect("kept").pairs.len(),
+            MAX_LABELS
+        );
+    }
+
+    #[test]
+    fn storage_security_must_be_a_choice() {
+        assert!(storage_security(NodeStorageSecurity::Invalid as i32).is_err());
+        assert!(storage_security(42).is_err());
+        assert_eq!(
+            storage_security(NodeStorageSecurity::Encrypted as i32).ok(),
+            Some(NodeStorageSecurity::Encrypted)
+        );
+    }
+
+    #[test]
+    fn sealing_rules() {
+        let config = |mode: TpmMode| ClusterConfiguration {
+            tpm_mode: mode as i32,
+            ..Default::default()
+        };
+        let record = |usage: NodeTpmUsage| NodeRecord {
+            id: "metropolis-00".into(),
+            node: Node {
+                tpm_usage: usage as i32,
+                ..Default::default()
+            },
+        };
+        let used = record(NodeTpmUsage::NodeTpmPresentAndUsed);
+        let unused = record(NodeTpmUsage::NodeTpmPresentButUnused);
+        assert!(check_sealing(&config(TpmMode::Required), &used, true).is_ok());
+        assert!(check_sealing(&config(TpmMode::Required), &used, false).is_err());
+        assert!(check_sealing(&config(TpmMode::Disabled), &unused, false).is_ok());
+        assert!(check_sealing(&config(TpmMode::Disabled), &unused, true).is_err());
+        assert!(check_sealing(&config(TpmMode::BestEffort), &used, true).is_ok());
+        assert!(check_sealing(&config(TpmMode::BestEffort), &used, false).is_err());
+        assert!(check_sealing(&config(TpmMode::BestEffort), &unused, true).is_err());
+        assert!(check_sealing(&config(TpmMode::BestEffort), &unused, false).is_ok());
+    }
+}

@@ -1,0 +1,93 @@
+//! What a curator leader serves: Management, Curator, AAA and CuratorLocal, all on the shared
+//! [`Leader`] state. Every read and write goes through the leadership guard; read-modify-write
+//! sequences on nodes hold `nodes_lock` (upstream `muNodes`), ticket creation `ticket_lock`.
+
+use std::sync::Arc;
+
+use identity::NodeCredentials;
+use tokio::sync::Mutex;
+
+use crate::election::Leadership;
+use crate::health::{Clock, Heartbeats};
+
+pub mod aaa;
+pub mod curator;
+pub mod filter;
+pub mod local;
+pub mod management;
+
+/// The state shared by the leader's services.
+pub struct Leader {
+    /// Proof of leadership; guards every etcd operation.
+    pub leadership: Leadership,
+    /// This node's credentials (its ID and the cluster CA).
+    pub credentials: NodeCredentials,
+    /// The local etcd member, for membership changes (UpdateNodeRoles, DeleteNode).
+    pub consensus: consensus::Status,
+    /// Heartbeats received since this leadership started.
+    pub heartbeats: Heartbeats,
+    /// Serialises read-modify-write sequences on node records.
+    pub nodes_lock: Mutex<()>,
+    /// Serialises register-ticket creation and rotation.
+    pub ticket_lock: Mutex<()>,
+    /// The revocation set of this node's servers: DeleteNode updates it directly, so the
+    /// deleted node's very next call here is refused even before the CRL watch catches up.
+    pub revocations: rpc::RevocationSet,
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader")
+            .field("node", &self.credentials.node_id())
+            .field("lock", &self.leadership.lock_key)
+            .finish()
+    }
+}
+
+impl Leader {
+    /// A leader with fresh volatile state.
+    pub fn new(
+        leadership: Leadership,
+        credentials: NodeCredentials,
+        consensus: consensus::Status,
+        clock: Arc<dyn Clock>,
+        revocations: rpc::RevocationSet,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            leadership,
+            credentials,
+            consensus,
+            heartbeats: Heartbeats::new(clock),
+            nodes_lock: Mutex::new(()),
+            ticket_lock: Mutex::new(()),
+            revocations,
+        })
+    }
+
+    /// The curator keyspace.
+    pub fn ns(&self) -> &kv::Namespaced {
+        self.leadership.namespace()
+    }
+}
+
+/// The leader's gRPC router: all four services behind the authorization layer.
+pub fn router(
+    leader: &Arc<Leader>,
+    security: rpc::ServerSecurity,
+) -> tonic::transport::server::Router<tower_layer::Stack<rpc::AuthLayer, tower_layer::Identity>> {
+    use proto::api::{aaa_server::AaaServer, management_server::ManagementServer};
+    use proto::curator_api::{
+        curator_local_server::CuratorLocalServer, curator_server::CuratorServer,
+    };
+    rpc::serve::server_builder(security)
+        .add_service(ManagementServer::new(management::ManagementService(
+            leader.clone(),
+        )))
+        .add_service(CuratorServer::new(curator::CuratorService(leader.clone())))
+        .add_service(AaaServer::new(aaa::AaaService(leader.clone())))
+        .add_service(CuratorLocalServer::new(local::LeaderLocalService(
+            leader.clone(),
+        )))
+        .add_service(rpc::reflection::v1())
+        .add_service(rpc::reflection::v1alpha())
+}

@@ -1,0 +1,23 @@
+//! Feeds the rpc layer's revocation set from the cluster CRL, on every curator: DeleteNode
+//! revokes the node certificate in the CRL, this watch applies it to every server within
+//! milliseconds, so a deleted node is refused from its next call on (upstream keeps accepting
+//! it until the cluster CA changes).
+
+use futures::StreamExt;
+use kv::Namespaced;
+use rpc::RevocationSet;
+
+/// Follows the cluster CRL until the stream fails; the caller (a supervised runnable)
+/// restarts it.
+pub async fn follow_crl(ns: Namespaced, revocations: RevocationSet) -> Result<(), String> {
+    let ca = pki::Certificate::cluster_ca();
+    let mut crls = ca.watch_crl(&ns);
+    while let Some(crl) = crls.next().await {
+        let crl = crl.map_err(|e| format!("watching the cluster CRL: {e}"))?;
+        let serials =
+            pki::revoked_serials(&crl.der).map_err(|e| format!("reading the cluster CRL: {e}"))?;
+        tracing::debug!("cluster CRL now revokes {} certificates", serials.len());
+        revocations.replace(Vec::new(), serials);
+    }
+    Err("cluster CRL watch ended".to_string())
+}

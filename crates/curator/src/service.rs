@@ -1,0 +1,136 @@
+//! The curator runnable: election, listener and CRL follower as supervised children.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use identity::NodeCredentials;
+use rpc::RevocationSet;
+use supervisor::{Context, Runnable, RunnableResult};
+use tokio::sync::watch;
+
+use crate::election::{self, ElectionStatus};
+use crate::health::{Clock, SystemClock};
+use crate::listener::{self, ListenerConfig};
+
+/// Configuration of one node's curator.
+#[derive(Clone)]
+pub struct Config {
+    /// This node's credentials.
+    pub credentials: NodeCredentials,
+    /// The local etcd member (the curator only runs where one does).
+    pub consensus: consensus::Status,
+    /// Where to serve: the node's address, port 7835.
+    pub listen: SocketAddr,
+    /// Leader lease TTL ([`election::DEFAULT_LEADER_TTL`] by default).
+    pub leader_ttl: Duration,
+    /// Revoked certificates (shared with the node's other servers).
+    pub revocations: RevocationSet,
+    /// Clock for heartbeat health.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Config {
+    /// Defaults for a node: standard TTL, system clock, a fresh revocation set.
+    pub fn new(
+        credentials: NodeCredentials,
+        consensus: consensus::Status,
+        listen: SocketAddr,
+    ) -> Self {
+        Self {
+            credentials,
+            consensus,
+            listen,
+            leader_ttl: election::DEFAULT_LEADER_TTL,
+            revocations: RevocationSet::new(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A node's curator.
+pub struct Curator {
+    config: Config,
+    election: watch::Sender<ElectionStatus>,
+}
+
+impl Curator {
+    /// A curator for `config`; run it with [`Curator::runnable`].
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            election: watch::Sender::new(ElectionStatus::Unknown),
+        })
+    }
+
+    /// The election status as this curator sees it.
+    pub fn election(&self) -> watch::Receiver<ElectionStatus> {
+        self.election.subscribe()
+    }
+
+    /// The supervisor runnable (children: `election`, `listener`, `revocation`).
+    pub fn runnable(self: &Arc<Self>) -> Runnable {
+        let this = self.clone();
+        supervisor::runnable(move |ctx| {
+            let this = this.clone();
+            async move { this.run(ctx).await }
+        })
+    }
+
+    async fn run(self: Arc<Self>, ctx: Context) -> RunnableResult {
+        let ns = self.config.consensus.namespaced(&[crate::KEYSPACE])?;
+        // Bind before electing: a node that cannot serve must not become leader.
+        let socket = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|e| format!("binding {}: {e}", self.config.listen))?;
+
+        let (node_id, ttl, tx) = (
+            self.config.credentials.node_id(),
+            self.config.leader_ttl,
+            self.election.clone(),
+        );
+        let election_ns = ns.clone();
+        ctx.run(
+            "election",
+            supervisor::runnable(move |ctx| {
+                let (ns, node_id, tx) = (election_ns.clone(), node_id.clone(), tx.clone());
+                async move {
+                    ctx.signal_healthy();
+                    election::run(ns, node_id, ttl, tx, ctx.token()).await;
+                    Ok(())
+                }
+            }),
+        )?;
+
+        let revocations = self.config.revocations.clone();
+        ctx.run(
+            "revocation",
+            supervisor::runnable(move |ctx| {
+                let (ns, revocations) = (ns.clone(), revocations.clone());
+                async move {
+                    ctx.signal_healthy();
+                    tokio::select! {
+                        r = crate::revocation::follow_crl(ns, revocations) => r.map_err(Into::into),
+                        _ = ctx.cancelled() => Ok(()),
+                    }
+                }
+            }),
+        )?;
+
+        ctx.signal_healthy();
+        let listener_config = ListenerConfig {
+            credentials: self.config.credentials.clone(),
+            consensus: self.config.consensus.clone(),
+            revocations: self.config.revocations.clone(),
+            clock: self.config.clock.clone(),
+        };
+        listener::serve(
+            listener_config,
+            socket,
+            self.election.subscribe(),
+            ctx.token(),
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! CuratorLocal on the leader: upstream TestGetCurrentLeader, and GetCACertificate.
+
+mod curator_support;
+
+use curator::testing::TestLeader;
+use curator_support::*;
+use proto::curator_api::curator_local_client::CuratorLocalClient;
+use proto::curator_api::{
+    GetCaCertificateRequest, GetCurrentLeaderRequest, UpdateNodeStatusRequest,
+};
+use rpc::ClientCredentials;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_current_leader() {
+    let t = TestLeader::start("127.86.18").await;
+    // Without credentials: callers use it to find the leader before they have any.
+    let mut local = CuratorLocalClient::new(t.channel(ClientCredentials::None));
+    let mut s = local
+        .get_current_leader(GetCurrentLeaderRequest {})
+        .await
+        .expect("GetCurrentLeader")
+        .into_inner();
+    let first = next(&mut s).await.expect("ok").expect("one answer");
+    assert_eq!(first.leader_node_id, t.node_id());
+    assert_eq!(first.this_node_id, t.node_id());
+    assert_eq!(first.leader_port, 7835);
+    assert_eq!(first.leader_host, "", "no status reported yet");
+    // The stream stays open after the answer.
+    assert!(stays_quiet(&mut s).await);
+
+    // After the leader reports its address, new streams carry it.
+    let mut as_leader = curator(t.node(t.credentials.key()).await);
+    let address = t.address.to_string();
+    let req = UpdateNodeStatusRequest {
+        node_id: t.node_id(),
+        status: Some(status(&address)),
+    };
+    as_leader
+        .update_node_status(req)
+        .await
+        .expect("UpdateNodeStatus");
+    let mut local = CuratorLocalClient::new(t.ephemeral(&key()));
+    let mut s = local
+        .get_current_leader(GetCurrentLeaderRequest {})
+        .await
+        .expect("GetCurrentLeader")
+        .into_inner();
+    assert_eq!(
+        next(&mut s).await.expect("ok").expect("answer").leader_host,
+        address
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_ca_certificate() {
+    let t = TestLeader::start("127.86.19").await;
+    let mut local = CuratorLocalClient::new(t.channel(ClientCredentials::None));
+    let resp = local
+        .get_ca_certificate(GetCaCertificateRequest {})
+        .await
+        .expect("GetCACertificate")
+        .into_inner();
+    assert_eq!(resp.identity_ca_certificate, t.ca);
+    t.stop().await;
+}
