@@ -1,0 +1,239 @@
+//! `cloud.bmaas.server.api.AgentCallback` (spec 9.4): agents heartbeat, upload their hardware
+//! report and installation reports, and learn about pending OS installations.
+//!
+//! Heartbeat, in order (each step's failure code in brackets):
+//! 1. exactly one Ed25519 client certificate [Unauthenticated];
+//! 2. machine_id is a UUID [InvalidArgument]; reports within size limits and well-formed
+//!    [InvalidArgument] (ours: checked before the database is touched);
+//! 3. a BMDB session from the server's long-lived one [Unavailable];
+//! 4. machine ID and certificate key match an agent-started tag [Unauthenticated, with the
+//!    same message for an unknown machine and a wrong key; Unavailable on database failure];
+//! 5. one transaction: hardware report (if any), installation report (if any), heartbeat = now
+//!    [Unavailable];
+//! 6. the pending installation request, if any, goes into the response (failures here are only
+//!    logged: the heartbeat itself was recorded).
+
+use std::sync::Arc;
+
+use bmdb::model::OsInstallationResult;
+use bmdb::{SessionKeeper, queries};
+use prost::Message;
+use proto::cloud::bmaas::server::api::agent_callback_server::AgentCallback;
+use proto::cloud::bmaas::server::api::os_installation_report::Result as ReportResult;
+use proto::cloud::bmaas::server::api::{
+    HeartbeatRequest, HeartbeatResponse, OsInstallationRequest,
+};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::tls::peer_public_key;
+
+/// Largest accepted hardware report (serialized AgentHardwareReport). A real report of a big
+/// machine is a few tens of KiB; this bounds what an agent can make us store.
+pub const MAX_HARDWARE_REPORT_BYTES: usize = 1 << 20;
+/// Largest accepted installation report (serialized; mostly the error text).
+pub const MAX_INSTALLATION_REPORT_BYTES: usize = 64 << 10;
+/// tonic's decoding limit for the whole request. Larger than the report limits so that
+/// oversized reports reach the explicit checks (a clear InvalidArgument) rather than tonic's
+/// generic error, while still bounding memory per request.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// The AgentCallback implementation.
+#[derive(Debug)]
+pub struct AgentCallbackService {
+    keeper: Arc<SessionKeeper>,
+}
+
+impl AgentCallbackService {
+    /// A service taking its BMDB sessions from `keeper`.
+    pub fn new(keeper: Arc<SessionKeeper>) -> Self {
+        AgentCallbackService { keeper }
+    }
+}
+
+/// At most `n` characters of untrusted input, for error messages.
+fn clip(s: &str, n: usize) -> String {
+    let mut out: String = s.chars().take(n).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// An installation report ready for the BMDB.
+struct InstallationReport {
+    generation: i64,
+    result: OsInstallationResult,
+    raw: Vec<u8>,
+}
+
+/// A heartbeat that passed the checks that need no database.
+struct Validated {
+    machine_id: Uuid,
+    /// Serialized AgentHardwareReport.
+    hardware_report: Option<Vec<u8>>,
+    installation_report: Option<InstallationReport>,
+}
+
+/// Step 2: everything that can be checked without the database.
+fn validate(req: &HeartbeatRequest) -> Result<Validated, Status> {
+    let machine_id = Uuid::parse_str(&req.machine_id).map_err(|_| {
+        Status::invalid_argument(format!(
+            "machine_id {:?} is not a UUID",
+            clip(&req.machine_id, 64)
+        ))
+    })?;
+    let hardware_report = match &req.hardware_report {
+        None => None,
+        Some(report) => {
+            let len = report.encoded_len();
+            if len > MAX_HARDWARE_REPORT_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "hardware_report is {len} bytes, more than the limit of {MAX_HARDWARE_REPORT_BYTES}"
+                )));
+            }
+            Some(report.encode_to_vec())
+        }
+    };
+    let installation_report = match &req.installation_report {
+        None => None,
+        Some(report) => {
+            let result = match &report.result {
+                Some(ReportResult::Success(_)) => OsInstallationResult::Success,
+                Some(ReportResult::Error(_)) => OsInstallationResult::Error,
+                // Upstream failed the transaction (Unavailable); it is the request's fault.
+                None => {
+                    return Err(Status::invalid_argument(
+                        "installation_report has neither success nor error set",
+                    ));
+                }
+            };
+            let len = report.encoded_len();
+            if len > MAX_INSTALLATION_REPORT_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "installation_report is {len} bytes, more than the limit of {MAX_INSTALLATION_REPORT_BYTES}"
+                )));
+            }
+            Some(InstallationReport {
+                generation: report.generation,
+                result,
+                raw: report.encode_to_vec(),
+            })
+        }
+    };
+    Ok(Validated {
+        machine_id,
+        hardware_report,
+        installation_report,
+    })
+}
+
+#[tonic::async_trait]
+impl AgentCallback for AgentCallbackService {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        // 1.
+        let key = peer_public_key(&request)?;
+        // 2.
+        let Validated {
+            machine_id,
+            hardware_report,
+            installation_report,
+        } = validate(request.get_ref())?;
+        let hardware_report = Arc::new(hardware_report);
+        let installation_report = Arc::new(installation_report);
+
+        // 3.
+        let session = self.keeper.get().await.map_err(|e| {
+            tracing::error!("could not get a BMDB session: {e}");
+            Status::unavailable("could not start session")
+        })?;
+
+        // 4. Unknown machine and wrong key give the same answer, so an agent learns nothing
+        // about machines that are not its own.
+        let key = key.as_bytes().to_vec();
+        let agents = session
+            .transact(|tx| {
+                let key = key.clone();
+                Box::pin(async move {
+                    queries::authenticate_agent_connection(tx, machine_id, &key).await
+                })
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(%machine_id, "could not authenticate agent: {e}");
+                Status::unavailable("could not authenticate agent")
+            })?;
+        if agents.is_empty() {
+            tracing::debug!(%machine_id, "heartbeat refused: machine id or public key unknown");
+            return Err(Status::unauthenticated("machine id or public key unknown"));
+        }
+
+        // 5.
+        session
+            .transact(|tx| {
+                let hardware_report = hardware_report.clone();
+                let installation_report = installation_report.clone();
+                Box::pin(async move {
+                    if let Some(raw) = hardware_report.as_ref() {
+                        queries::machine_set_hardware_report(tx, machine_id, raw).await?;
+                    }
+                    if let Some(r) = installation_report.as_ref() {
+                        queries::machine_set_os_installation_report(
+                            tx,
+                            machine_id,
+                            r.generation,
+                            r.result,
+                            &r.raw,
+                        )
+                        .await?;
+                    }
+                    queries::machine_set_agent_heartbeat(tx, machine_id).await
+                })
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(%machine_id, "could not submit heartbeat: {e}");
+                Status::unavailable("could not submit heartbeat")
+            })?;
+        if hardware_report.is_some() {
+            tracing::info!(%machine_id, "hardware report received");
+        }
+        if let Some(r) = installation_report.as_ref() {
+            tracing::info!(%machine_id, generation = r.generation, result = %r.result, "installation report received");
+        }
+
+        // 6.
+        let mut response = HeartbeatResponse::default();
+        match session
+            .transact(|tx| {
+                Box::pin(async move {
+                    queries::get_exact_machine_for_os_installation(tx, machine_id).await
+                })
+            })
+            .await
+        {
+            Ok(pending) => {
+                if let Some(row) = pending.first() {
+                    match OsInstallationRequest::decode(row.os_installation_request_raw.as_slice())
+                    {
+                        Ok(mut request) => {
+                            // The column is authoritative (it is what reports are matched on).
+                            request.generation = row.generation;
+                            response.installation_request = Some(request);
+                        }
+                        Err(e) => tracing::error!(
+                            %machine_id, "stored installation request does not decode: {e}"
+                        ),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(%machine_id, "could not look up installation requests: {e}")
+            }
+        }
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,11 @@
+//! bmaas integration tests: the server in-process against a real throwaway PostgreSQL and
+//! real TLS (agent callback, operator API, debug page), and end to end with the real
+//! `bmaas-server` and `bmaas-agent` binaries.
+
+#![allow(clippy::unwrap_used)] // Tests: a panic is the failure report.
+
+mod agent_callback;
+mod common;
+mod e2e;
+mod operator;
+mod webug;

@@ -1,0 +1,4 @@
+DROP TABLE work;
+DROP TYPE process;
+DROP TABLE sessions;
+DROP TABLE machines;

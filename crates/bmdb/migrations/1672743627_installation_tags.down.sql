@@ -1,0 +1,2 @@
+DROP TABLE machine_os_installation_report;
+DROP TABLE machine_os_installation_request;

@@ -1,0 +1,1 @@
+ALTER TABLE work_backoff DROP COLUMN last_interval_seconds;

@@ -1,0 +1,2 @@
+-- PostgreSQL cannot drop enum values; the up migration is idempotent (IF NOT EXISTS).
+SELECT 1;

@@ -1,0 +1,3 @@
+DROP INDEX work_backoff_process_machine_id_idx;
+DROP INDEX sessions_session_id_session_deadline_idx;
+DROP INDEX machine_agent_started_agent_public_key_idx;
