@@ -270,6 +270,15 @@ async fn one_leader_followers_redirect_and_failover() {
     })
     .await;
     let takeover = killed_at.elapsed();
+    // The crashed leader's curator, cut off from its etcd, is neither leader nor follower until
+    // its member is back (upstream TestLeaderElectionStatus).
+    assert!(
+        !matches!(
+            *nodes[leader].election().borrow(),
+            ElectionStatus::Leader(_)
+        ),
+        "two leaders"
+    );
     let after = ticket(lc.clone())
         .await
         .expect("ticket after failover (retried through Unavailable)");
