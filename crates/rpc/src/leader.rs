@@ -266,6 +266,10 @@ impl LeaderChannel {
         match status.code() {
             Code::Unavailable => true,
             Code::Unimplemented => self.current_leader().as_ref() != Some(used),
+            // A broken connection: tonic reports transport failures (e.g. a server torn down
+            // when it lost leadership severs its connections) as Unknown with a transport
+            // error as the source, not as a status the server sent.
+            Code::Unknown => is_transport_error(status),
             _ => false,
         }
     }
@@ -615,6 +619,19 @@ impl Updater {
         }));
         self.info_tx.send_replace(Some(info));
     }
+}
+
+/// Whether a status came from a failed connection rather than from the server.
+fn is_transport_error(status: &Status) -> bool {
+    use std::error::Error as _;
+    let mut source = status.source();
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
