@@ -15,12 +15,13 @@ use std::sync::Arc;
 
 use identity::PublicKey;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use tonic::{Request, Status};
+
+use rpc::tls_verify::HandshakeSignatures;
 
 use crate::devcerts::ComponentTls;
 use crate::{Error, Result};
@@ -28,7 +29,7 @@ use crate::{Error, Result};
 /// Requests a client certificate and accepts any; see the module docs for why.
 #[derive(Debug)]
 struct AcceptAnyClientCert {
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl ClientCertVerifier for AcceptAnyClientCert {
@@ -61,12 +62,7 @@ impl ClientCertVerifier for AcceptAnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -75,18 +71,11 @@ impl ClientCertVerifier for AcceptAnyClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -98,7 +87,7 @@ fn key_der(tls: &ComponentTls) -> PrivateKeyDer<'static> {
 pub fn public_server_config(tls: &ComponentTls) -> Result<Arc<rustls::ServerConfig>> {
     let provider = rpc::crypto_provider();
     let verifier = Arc::new(AcceptAnyClientCert {
-        provider: provider.clone(),
+        signatures: HandshakeSignatures::default(),
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
