@@ -7,7 +7,11 @@ CARGO ?= cargo
 DEBIAN_PACKAGES := etcd-server protobuf-compiler postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test lint unit clean
+.PHONY: deps test lint unit cluster bench clean
+
+NODES ?= 3
+BENCH ?= all
+BENCH_ARGS ?=
 
 deps:
 	@missing=""; \
@@ -25,8 +29,22 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# End-to-end tests run the real binaries (metropolis-node, metroctl), which nextest does not
+# build for other crates' tests: build them first.
 unit:
+	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace
+
+# A local multi-node cluster on 127.77.0.x; Ctrl-C stops it.
+cluster: deps
+	$(CARGO) build --release --workspace --bins
+	target/release/launch-cluster --nodes $(NODES)
+
+# Benchmarks against raw etcd/PostgreSQL (release build, ~5 min); rewrites BENCHMARKS.md.
+# One scenario: `make bench BENCH=heartbeat`; smoke run: `make bench BENCH_ARGS=--quick`.
+bench: deps
+	$(CARGO) build --release -p node -p bench
+	$(CARGO) run --release -p bench -- $(BENCH) $(BENCH_ARGS)
 
 test: deps lint unit
 

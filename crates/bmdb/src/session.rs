@@ -174,11 +174,11 @@ impl Session {
 /// `BEGIN` with SERIALIZABLE isolation: CockroachDB's only isolation, and what makes Work's
 /// pick-then-claim safe on PostgreSQL (whose default, READ COMMITTED, is weaker).
 pub(crate) async fn begin_serializable(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    // One round trip instead of BEGIN + SET TRANSACTION (both PostgreSQL and CockroachDB
+    // accept the isolation level in BEGIN).
+    Ok(pool
+        .begin_with("BEGIN TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await?)
 }
 
 fn abandon(expired: &watch::Sender<bool>, id: Uuid) {

@@ -1,0 +1,150 @@
+//! Scenario 5: restart and bootstrap.
+//!
+//! * Bootstrap, in-process: from an empty directory to a Management API that answers
+//!   (etcd started, cluster PKI and state written, leader elected, TLS serving, first
+//!   GetNodes as the owner OK).
+//! * With real node processes (`launch`): launching a 3-node cluster to all HEALTHY; one node
+//!   restarted (clean stop, start, Join) until the leader has a heartbeat of its new boot; and
+//!   a cold restart of the whole cluster (every node SIGKILLed, all started) to all HEALTHY.
+//!
+//! Baseline: the store's own start — a raw single-member etcd from an empty directory to its
+//! first answered request (`kv::testing::TestEtcd`), median of the repeats. Every restart of
+//! ours has to start at least that.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use proto::api::GetNodesRequest;
+use proto::api::management_client::ManagementClient;
+use tokio::time::Instant;
+
+use crate::cluster;
+use crate::report::{Row, ScenarioResult, Unit};
+use crate::setup;
+use crate::stats::median;
+
+const NAME: &str = "restart";
+/// Prefix of the in-process bootstraps' blocks: repeat i uses 127.90.6i, so no start waits
+/// for the previous one's ports (hence at most 10 repeats).
+const BOOTSTRAP_BLOCK: &str = "127.90.6";
+/// Most repeats [`BOOTSTRAP_BLOCK`] has room for.
+pub const MAX_REPEATS: usize = 10;
+const CLUSTER_BLOCK: &str = "127.90.7";
+const WAIT: Duration = Duration::from_secs(180);
+
+/// Sizes.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Repeats of the in-process bootstrap and of the raw etcd start.
+    pub repeats: usize,
+}
+
+/// Runs the scenario; the in-process rows are kept even if the launched cluster fails.
+pub async fn run(p: &Params) -> Result<ScenarioResult> {
+    let mut result = ScenarioResult {
+        baseline: "raw single-member etcd (kv::testing::TestEtcd) from an empty directory to \
+            its first answered request"
+            .into(),
+        parameters: format!(
+            "bootstrap median of {} (in-process), 3-node launched cluster (3 consensus members)",
+            p.repeats
+        ),
+        ..Default::default()
+    };
+    let mut etcd = Vec::new();
+    let mut boot = Vec::new();
+    for i in 0..p.repeats.clamp(1, MAX_REPEATS) {
+        etcd.push(raw_etcd_start().await?);
+        boot.push(bootstrap(&format!("{BOOTSTRAP_BLOCK}{i}")).await?);
+    }
+    let base = median(&etcd);
+    result.rows.push(Row::pair(
+        NAME,
+        "bootstrap: empty → Management API serving",
+        Unit::Seconds,
+        median(&boot),
+        base,
+    ));
+    match launched(base).await {
+        Ok(rows) => result.rows.extend(rows),
+        Err(e) => result.error = Some(format!("launched cluster: {e:#}")),
+    }
+    Ok(result)
+}
+
+async fn raw_etcd_start() -> Result<f64> {
+    let start = Instant::now();
+    let etcd = kv::testing::TestEtcd::start().await?;
+    let took = start.elapsed().as_secs_f64();
+    drop(etcd);
+    Ok(took)
+}
+
+async fn bootstrap(block: &str) -> Result<f64> {
+    let start = Instant::now();
+    let t = setup::leader(block).await?;
+    let answered = async {
+        let mut stream = ManagementClient::new(t.owner().await)
+            .get_nodes(GetNodesRequest::default())
+            .await?
+            .into_inner();
+        while stream.message().await?.is_some() {}
+        anyhow::Ok(())
+    }
+    .await;
+    let took = start.elapsed().as_secs_f64();
+    t.stop().await;
+    answered.context("first GetNodes")?;
+    Ok(took)
+}
+
+async fn launched(base: f64) -> Result<Vec<Row>> {
+    let start = Instant::now();
+    let cluster = cluster::start(CLUSTER_BLOCK, 3, 2).await?;
+    let launch = start.elapsed().as_secs_f64();
+    let result = async {
+        // A follower: restarting the leader would measure failover, which scenario 4 does.
+        let leader = cluster::leader_index(&cluster).await?;
+        let index = (leader + 1) % 3;
+        let node = cluster.node(index);
+        node.stop().await?;
+        let start = Instant::now();
+        node.start()?;
+        node.wait_ready(WAIT).await?;
+        cluster.wait_heartbeat_since(index, start, WAIT).await?;
+        let one = start.elapsed().as_secs_f64();
+
+        cluster.kill_all().await?;
+        let start = Instant::now();
+        cluster.start_all().await?;
+        cluster.wait_all_healthy(WAIT).await?;
+        let cold = start.elapsed().as_secs_f64();
+        anyhow::Ok((one, cold))
+    }
+    .await;
+    cluster.shutdown().await;
+    let (one, cold) = result?;
+    Ok(vec![
+        Row::pair(
+            NAME,
+            "launch 3-node cluster → all HEALTHY",
+            Unit::Seconds,
+            launch,
+            base,
+        ),
+        Row::pair(
+            NAME,
+            "node restart → HEALTHY (new heartbeat)",
+            Unit::Seconds,
+            one,
+            base,
+        ),
+        Row::pair(
+            NAME,
+            "cold restart of 3 nodes → all HEALTHY",
+            Unit::Seconds,
+            cold,
+            base,
+        ),
+    ])
+}

@@ -1,0 +1,110 @@
+//! e2e "ha_cold" (spec 10, [HEAD]): three nodes, insecure storage, nodes 1 and 2 consensus
+//! members; every node is powered off at once and powered on again → all HEALTHY (they rely
+//! on persisted roles to restart their etcd before any curator answers); then node 0 loses
+//! its roles (KubernetesController, then ConsensusMember: its etcd member disappears), is
+//! deleted (not-decommissioned bypass) and stops with exit code 3; the remaining two are
+//! cold-restarted and become HEALTHY.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Clock, GONE, HEALTH, REJOIN};
+use launch::proto::common::cluster_configuration::StorageSecurityPolicy;
+use launch::{DeleteBypass, Exit};
+use tokio::time::Instant;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_cold() {
+    common::init();
+    let mut clock = Clock::new();
+    let mut options = common::options(3, "127.88.3");
+    options.consensus_members = 2;
+    options.storage_policy = StorageSecurityPolicy::NeedsInsecure;
+    let cluster = common::start(options).await;
+    clock.lap("cluster of 3 launched, 3 consensus members");
+
+    cluster.kill_all().await.expect("power off all");
+    clock.lap("all powered off");
+    cluster.start_all().await.expect("all nodes come back");
+    cluster
+        .wait_all_healthy(REJOIN)
+        .await
+        .expect("all HEALTHY after the cold start");
+    clock.lap("all powered on and HEALTHY");
+
+    // Take node 0 out of the control plane.
+    let id0 = cluster.id_of(0).expect("id");
+    let management = cluster.management();
+    // Retried like upstream's TestEventual: right after the cold start etcd refuses to remove
+    // a member ("unhealthy cluster") until its peers have been connected for a few seconds.
+    common::eventually("drop KubernetesController from node 0", REJOIN, || {
+        management.set_roles(&id0, None, Some(false), None)
+    })
+    .await;
+    common::eventually("drop ConsensusMember from node 0", REJOIN, || {
+        management.set_roles(&id0, Some(false), None, None)
+    })
+    .await;
+    let deadline = Instant::now() + REJOIN;
+    loop {
+        let members = management.consensus_status().await;
+        if let Ok(members) = &members
+            && !members.is_empty()
+            && members.iter().all(|m| m.id != id0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 0's etcd member did not go away: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    clock.lap("node 0 has no roles, its etcd member is gone");
+
+    // The curator refuses to delete the node that leads; node 0 may lead until its etcd is
+    // gone, so retry that refusal until another node took over.
+    let deadline = Instant::now() + REJOIN;
+    loop {
+        let bypass = DeleteBypass {
+            has_roles: false,
+            not_decommissioned: true,
+        };
+        match management.delete(&id0, bypass).await {
+            Ok(()) => break,
+            Err(e) if e.code() == Some(Code::FailedPrecondition) && Instant::now() < deadline => {
+                tracing::info!("delete node 0 refused for now: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => panic!("deleting node 0: {e}"),
+        }
+    }
+    cluster.mark_removed(0);
+    cluster.refresh_leader_channel().expect("leader channel");
+    cluster
+        .wait_node_gone(0, HEALTH)
+        .await
+        .expect("node 0 no longer listed");
+    let exit = cluster
+        .node(0)
+        .wait_exit(GONE)
+        .await
+        .expect("deleted node 0 stops");
+    assert_eq!(exit, Exit::Code(3), "a deleted node exits with 3");
+    clock.lap("node 0 deleted and stopped");
+
+    cluster
+        .wait_all_healthy(HEALTH)
+        .await
+        .expect("nodes 1 and 2 HEALTHY");
+    cluster.kill_all().await.expect("power off nodes 1 and 2");
+    cluster.start_all().await.expect("nodes 1 and 2 come back");
+    cluster
+        .wait_all_healthy(REJOIN)
+        .await
+        .expect("nodes 1 and 2 HEALTHY after a cold start");
+    clock.lap("nodes 1 and 2 cold-restarted and HEALTHY");
+    cluster.shutdown().await;
+}

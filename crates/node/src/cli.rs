@@ -1,0 +1,41 @@
+//! The command line of `metropolis-node`. It is a contract with the launcher (crates/launch):
+//! flags, defaults and their meaning must not change without changing it too.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Runs one Metropolis node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "metropolis-node", version, about)]
+pub struct Args {
+    /// State directory: esp/ (parameters, sealed configuration, cluster directory), data/
+    /// (encrypted node data, etcd) and ephemeral/ (sockets).
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// This node's own IPv4 address; the node serves on its fixed ports (curator 7835, etcd
+    /// peers 7834, NodeManagement 7839) on it.
+    #[arg(long)]
+    pub address: Ipv4Addr,
+    /// A NodeParameters file (protobuf) to install as esp/metropolis/parameters.pb. Parameters
+    /// are required on every boot; without this flag the installed file is used.
+    #[arg(long)]
+    pub parameters: Option<PathBuf>,
+    /// The etcd binary to run when this node is a consensus member.
+    #[arg(long, default_value = "etcd")]
+    pub etcd: PathBuf,
+    /// Curator leader lease TTL in seconds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub leader_ttl: u64,
+    /// Log output format on stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log entries are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One rendered logtree line per entry (`<DN> I0501 12:00:00.000000 file:line] msg`).
+    Text,
+}

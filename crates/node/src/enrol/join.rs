@@ -1,0 +1,158 @@
+//! Join (spec 5.4): every boot of an enrolled node.
+//!
+//! The node reads its sealed configuration (NUK, join key, cluster CA, storage security),
+//! calls JoinNode with an ephemeral certificate of its join key against the curators of its
+//! cluster directory, retrying with unbounded exponential backoff while the cluster is
+//! unreachable, unlocks its data directory with NUK ⊕ CUK and loads its credentials.
+//!
+//! Deviation: upstream does not call JoinNode at all for INSECURE storage (nothing to
+//! unlock). We call it anyway, because it is how a node learns that it is still a member: a
+//! deleted node must not come back up and serve as if nothing happened. The returned CUK
+//! must then be empty.
+//!
+//! NotFound (no node has this join key: deleted) and FailedPrecondition (the node is not UP,
+//! e.g. decommissioned) end the process with exit code 3; PermissionDenied (e.g. a TPM mode
+//! the node cannot satisfy) and anything unexpected with exit code 1.
+
+use std::time::Duration;
+
+use identity::SigningKey;
+use proto::curator_api::JoinNodeRequest;
+use proto::curator_api::curator_client::CuratorClient;
+use proto::private::SealedConfiguration;
+use rpc::{ClientCredentials, LeaderChannel, LeaderOptions};
+use tonic::Code;
+
+use super::{announce_node_id, fatal, wait_reachable};
+use crate::exit::Exit;
+use crate::params;
+use crate::retry::{Backoff, is_transient};
+use crate::roleserve::membership::CALL_ATTEMPTS;
+use crate::roleserve::{Membership, Roleserve, gone_message};
+use crate::storage::{DataDir, contents, keys};
+
+/// Backoff of JoinNode retries: quick at first (a cluster restarting), then every 10 s.
+const JOIN_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Joins with the sealed configuration and publishes the membership.
+pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit> {
+    let env = &rs.env;
+    if sealed.join_key.is_empty() {
+        return Err(Exit::gone(gone_message(
+            env,
+            "it was decommissioned: its sealed configuration holds no join key",
+        )));
+    }
+    let join_key = SigningKey::from_keypair_bytes(&sealed.join_key)
+        .map_err(|e| Exit::fatal(format!("sealed configuration: bad join key: {e}")))?;
+    identity::verify::check_ca(&sealed.cluster_ca)
+        .map_err(|e| Exit::fatal(format!("sealed configuration: bad cluster CA: {e}")))?;
+    let storage =
+        keys::security_from_i32(sealed.storage_security).map_err(fatal("sealed configuration"))?;
+    let directory = env
+        .layout
+        .esp
+        .cluster_directory()
+        .map_err(fatal("cannot read the cluster directory"))?
+        .unwrap_or_default();
+    let seeds = params::curator_endpoints(&directory);
+    if seeds.is_empty() {
+        return Err(Exit::fatal(format!(
+            "the cluster directory {} lists no curator address; the node cannot find its \
+             cluster",
+            env.layout
+                .esp
+                .path(crate::storage::esp::CLUSTER_DIRECTORY)
+                .display()
+        )));
+    }
+    tracing::info!(
+        "Joining the cluster (join public key {}, storage {}); curators: {}",
+        hex::encode(join_key.public_key().as_bytes()),
+        storage.as_str_name(),
+        seeds.join(", ")
+    );
+
+    let cuk = join_node(rs, &seeds, &sealed.cluster_ca, &join_key).await?;
+    let key = keys::data_key(storage, &sealed.node_unlock_key, &cuk)
+        .map_err(fatal("cannot unlock the data directory"))?;
+    let data =
+        DataDir::open(&env.layout.data, key).map_err(fatal("cannot unlock the data directory"))?;
+    let creds = contents::load_credentials(&data).map_err(fatal("cannot load node credentials"))?;
+    if creds.ca() != sealed.cluster_ca.as_slice() {
+        return Err(Exit::fatal(
+            "the node credentials belong to a different cluster CA than the sealed configuration",
+        ));
+    }
+    announce_node_id(&creds.node_id());
+    let membership = Membership::new(env, creds, data, join_key, seeds)
+        .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
+    rs.set_membership(membership);
+    tracing::info!("Joined the cluster.");
+    Ok(())
+}
+
+/// JoinNode until the cluster answers; returns the CUK.
+async fn join_node(
+    rs: &Roleserve,
+    seeds: &[String],
+    ca: &[u8],
+    join_key: &SigningKey,
+) -> Result<Vec<u8>, Exit> {
+    let leader = LeaderChannel::new(
+        seeds.to_vec(),
+        ClientCredentials::Ephemeral(join_key.clone()),
+        ca.to_vec(),
+        LeaderOptions::default(),
+    )
+    .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
+    let mut backoff = Backoff::new(JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX);
+    let mut attempts = 0u32;
+    loop {
+        wait_reachable(seeds, ca).await?;
+        let result = leader
+            .call_with_retry(CALL_ATTEMPTS, |ch| async move {
+                CuratorClient::new(ch)
+                    .join_node(JoinNodeRequest {
+                        using_sealed_configuration: false,
+                    })
+                    .await
+            })
+            .await;
+        let s = match result {
+            Ok(r) => return Ok(r.into_inner().cluster_unlock_key),
+            Err(s) => s,
+        };
+        match s.code() {
+            c if is_transient(c) => {
+                if attempts.is_multiple_of(5) {
+                    tracing::warn!("JoinNode: {}; retrying", s.message());
+                }
+                attempts += 1;
+                backoff.wait().await;
+            }
+            Code::NotFound => {
+                return Err(Exit::gone(gone_message(
+                    &rs.env,
+                    &format!("deleted: JoinNode says {}", s.message()),
+                )));
+            }
+            Code::FailedPrecondition => {
+                return Err(Exit::gone(gone_message(
+                    &rs.env,
+                    &format!(
+                        "not UP any more (decommissioned?): JoinNode says {}",
+                        s.message()
+                    ),
+                )));
+            }
+            c => {
+                return Err(Exit::fatal(format!(
+                    "the cluster refused this node's join: {c:?}: {}",
+                    s.message()
+                )));
+            }
+        }
+    }
+}

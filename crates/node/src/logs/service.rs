@@ -1,0 +1,87 @@
+//! [`NodeManagementService`]: Logs over the node's logtree (spec 7.1) and UpdateNode, which
+//! is not emulated (yet).
+//!
+//! Logs sends the backlog (newest N or all matching entries, oldest first) in messages of at
+//! most [`BACKLOG_CHUNK`] entries, then, when streaming, one message per new entry. A
+//! streaming subscriber that falls more than 128 entries behind loses entries (logtree
+//! semantics). If the logtree ends the subscription, the call ends with Unavailable.
+
+use futures::StreamExt;
+use logtree::LogTree;
+use proto::api::node_management_server::NodeManagement;
+use proto::api::{GetLogsRequest, GetLogsResponse, UpdateNodeRequest, UpdateNodeResponse};
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use super::query::{entry_to_proto, parse};
+
+/// Most entries in one backlog message (upstream's chunk size).
+pub const BACKLOG_CHUNK: usize = 2000;
+
+/// The NodeManagement service of a node.
+#[derive(Debug, Clone)]
+pub struct NodeManagementService {
+    tree: LogTree,
+}
+
+impl NodeManagementService {
+    /// A service reading `tree`.
+    pub fn new(tree: LogTree) -> Self {
+        Self { tree }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeManagement for NodeManagementService {
+    async fn logs(
+        &self,
+        request: Request<GetLogsRequest>,
+    ) -> Result<Response<BoxStream<GetLogsResponse>>, Status> {
+        let query = parse(request.get_ref())?;
+        let reader = self
+            .tree
+            .read(&query.dn, query.options)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let backlog: Vec<Result<GetLogsResponse, Status>> = reader
+            .backlog
+            .chunks(BACKLOG_CHUNK)
+            .map(|chunk| {
+                Ok(GetLogsResponse {
+                    backlog_entries: chunk.iter().map(entry_to_proto).collect(),
+                    stream_entries: Vec::new(),
+                })
+            })
+            .collect();
+        let backlog = futures::stream::iter(backlog);
+        let Some(subscription) = reader.stream else {
+            return Ok(Response::new(Box::pin(backlog)));
+        };
+        let live = futures::stream::unfold(Some(subscription), |state| async move {
+            let mut sub = state?;
+            match sub.next().await {
+                Some(entry) => Some((
+                    Ok(GetLogsResponse {
+                        backlog_entries: Vec::new(),
+                        stream_entries: vec![entry_to_proto(&entry)],
+                    }),
+                    Some(sub),
+                )),
+                None => Some((
+                    Err(Status::unavailable("log tree subscription ended")),
+                    None,
+                )),
+            }
+        });
+        Ok(Response::new(Box::pin(backlog.chain(live))))
+    }
+
+    async fn update_node(
+        &self,
+        _request: Request<UpdateNodeRequest>,
+    ) -> Result<Response<UpdateNodeResponse>, Status> {
+        Err(Status::unimplemented(
+            "UpdateNode: A/B system slots are not emulated yet, so this node cannot install \
+             OS updates",
+        ))
+    }
+}

@@ -1,0 +1,50 @@
+//! The `nodemgmt` worker: serves NodeManagement (Logs, UpdateNode) on `<address>:7839` with
+//! the node certificate, behind the same authorization layer as the curator (owners may read
+//! logs; other nodes lack READ_NODE_LOGS).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use proto::api::node_management_server::NodeManagementServer;
+use rpc::ServerSecurity;
+use supervisor::{Context, Runnable, RunnableResult};
+
+use super::Roleserve;
+use crate::logs::NodeManagementService;
+
+/// The supervisor runnable.
+pub fn runnable(rs: Arc<Roleserve>) -> Runnable {
+    supervisor::runnable(move |ctx: Context| {
+        let rs = rs.clone();
+        async move { run(rs, ctx).await }
+    })
+}
+
+async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
+    let m = tokio::select! {
+        m = rs.membership() => m,
+        _ = ctx.cancelled() => return Ok(()),
+    };
+    let addr = SocketAddr::new(IpAddr::V4(rs.env.address), rpc::NODE_MANAGEMENT_PORT);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding {addr}: {e}"))?;
+    let tls = rpc::server_tls::server_config(&m.credentials)?;
+    let security = ServerSecurity::new(m.credentials.ca().to_vec(), rs.env.revocations.clone());
+    let service = NodeManagementService::new(ctx.logtree().clone());
+    tracing::info!("NodeManagement serving on {addr}");
+    ctx.signal_healthy();
+    let token = ctx.token();
+    rpc::serve::server_builder(security)
+        .add_service(NodeManagementServer::new(service))
+        .add_service(rpc::reflection::v1())
+        .add_service(rpc::reflection::v1alpha())
+        .serve_with_incoming_shutdown(
+            // Severed on cancellation: graceful shutdown would wait for streaming Logs calls.
+            rpc::serve::tls_incoming_until(listener, tls, token.clone()),
+            token.cancelled_owned(),
+        )
+        .await
+        .map_err(|e| format!("NodeManagement server: {e}"))?;
+    Ok(())
+}
