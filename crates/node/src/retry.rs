@@ -53,6 +53,8 @@ pub fn is_transient(code: Code) -> bool {
             | Code::DeadlineExceeded
             | Code::Aborted
             | Code::Unknown
+            // A curator tearing its server down on a leadership change cancels open calls.
+            | Code::Cancelled
     )
 }
 

@@ -270,6 +270,9 @@ impl LeaderChannel {
             // when it lost leadership severs its connections) as Unknown with a transport
             // error as the source, not as a status the server sent.
             Code::Unknown => is_transport_error(status),
+            // Nothing here cancels its own calls: Cancelled comes from a server that tore
+            // itself down (leadership moved).
+            Code::Cancelled => true,
             _ => false,
         }
     }
