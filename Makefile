@@ -1,10 +1,12 @@
 # `make test` runs everything CI runs. `make deps` installs, only when missing, what the build
-# and the tests need from Debian: etcd (the real consensus member every node runs), protoc
-# (etcd-client's build script needs it; our own protos are compiled by protox) and PostgreSQL
-# (BMDB tests).
+# and the tests need from Debian: etcd (the real consensus member every node runs), protoc and
+# the protobuf well-known types (etcd-client's build script compiles etcd's protos, which import
+# google/protobuf/descriptor.proto; Debian's protobuf-compiler only *recommends* libprotobuf-dev,
+# which ships them; our own protos are compiled by protox) and PostgreSQL (BMDB tests).
+# scripts/probe-deps.sh then proves each piece works and names the package that is missing.
 
 CARGO ?= cargo
-DEBIAN_PACKAGES := etcd-server protobuf-compiler postgresql
+DEBIAN_PACKAGES := etcd-server protobuf-compiler libprotobuf-dev postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps test lint unit cluster bench clean
@@ -23,6 +25,7 @@ deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
+	@scripts/probe-deps.sh
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
 lint:

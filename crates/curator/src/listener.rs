@@ -20,6 +20,9 @@ use crate::leader::{self, Leader};
 use crate::state::node;
 
 /// How long a torn-down server may take to finish after its connections were severed.
+/// What a follower serves, as its reflection lists it.
+const FOLLOWER_SERVICES: &[&str] = &[proto::curator_api::curator_local_server::SERVICE_NAME];
+
 const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// What the listener needs.
@@ -87,8 +90,8 @@ pub async fn serve(
                     .add_service(
                         proto::curator_api::curator_local_server::CuratorLocalServer::new(local),
                     )
-                    .add_service(rpc::reflection::v1())
-                    .add_service(rpc::reflection::v1alpha());
+                    .add_service(rpc::reflection::v1(FOLLOWER_SERVICES))
+                    .add_service(rpc::reflection::v1alpha(FOLLOWER_SERVICES));
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
             }
         };

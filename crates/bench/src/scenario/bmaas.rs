@@ -14,7 +14,7 @@ use bmaas::server::{Config, Server};
 use bmdb::{Bmdb, Provider, queries};
 use futures::{StreamExt, TryStreamExt};
 use identity::SigningKey;
-use proto::cloud::bmaas::server::api::HeartbeatRequest;
+use proto::cloud::bmaas::server::api::AgentHeartbeatRequest;
 use proto::cloud::bmaas::server::api::agent_callback_client::AgentCallbackClient;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::time::Instant;
@@ -107,7 +107,7 @@ async fn measure(
         .into_iter()
         .zip(&agents)
         .map(|(mut client, (_, id))| {
-            let request = HeartbeatRequest {
+            let request = AgentHeartbeatRequest {
                 machine_id: id.to_string(),
                 ..Default::default()
             };

@@ -6,7 +6,8 @@
 //! (a Metropolis request with node parameters, a root device that exists on this machine):
 //! * `parameters.pb`: the serialized `NodeParameters` (what Metropolis reads from its ESP as
 //!   `metropolis/parameters.pb`), mode 0600 since it can hold a register ticket;
-//! * `installation.json`: the rest of the request (generation, root device, OS image).
+//! * `installation.json`: the rest of the request (generation, root device, OS image or the
+//!   baseline's bundle URL).
 //!
 //! Any failure becomes an error report rather than an error of the agent.
 
@@ -102,6 +103,7 @@ fn install_blocking(
         "generation": request.generation,
         "root_device": device,
         "os_image": os_image,
+        "bundle_url": (!metropolis.bundle_url.is_empty()).then_some(&metropolis.bundle_url),
         "installed_at": chrono::Utc::now().to_rfc3339(),
     });
     let metadata = serde_json::to_vec_pretty(&metadata).map_err(|e| e.to_string())?;

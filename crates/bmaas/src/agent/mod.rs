@@ -26,7 +26,7 @@ use prost::Message;
 use proto::cloud::agent::api::AgentInit;
 use proto::cloud::bmaas::server::api::agent_callback_client::AgentCallbackClient;
 use proto::cloud::bmaas::server::api::{
-    AgentHardwareReport, HeartbeatRequest, OsInstallationReport,
+    AgentHardwareReport, AgentHeartbeatRequest, OsInstallationReport,
 };
 use tokio::time::Instant;
 
@@ -206,7 +206,7 @@ pub async fn run(config: Config) -> Result<()> {
             }));
         }
         let attach_report = report_state == HardwareReportState::Due && report.is_some();
-        let request = HeartbeatRequest {
+        let request = AgentHeartbeatRequest {
             machine_id: config.machine_id.clone(),
             hardware_report: if attach_report { report.clone() } else { None },
             installation_report: pending_report.clone(),

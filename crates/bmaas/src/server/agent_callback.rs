@@ -25,7 +25,7 @@ use prost::Message;
 use proto::cloud::bmaas::server::api::agent_callback_server::AgentCallback;
 use proto::cloud::bmaas::server::api::os_installation_report::Result as ReportResult;
 use proto::cloud::bmaas::server::api::{
-    HeartbeatRequest, HeartbeatResponse, OsInstallationRequest,
+    AgentHeartbeatRequest, AgentHeartbeatResponse, OsInstallationRequest,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -80,7 +80,7 @@ struct Validated {
 }
 
 /// Step 2: everything that can be checked without the database.
-fn validate(req: &HeartbeatRequest) -> Result<Validated, Status> {
+fn validate(req: &AgentHeartbeatRequest) -> Result<Validated, Status> {
     let machine_id = Uuid::parse_str(&req.machine_id).map_err(|_| {
         Status::invalid_argument(format!(
             "machine_id {:?} is not a UUID",
@@ -136,8 +136,8 @@ fn validate(req: &HeartbeatRequest) -> Result<Validated, Status> {
 impl AgentCallback for AgentCallbackService {
     async fn heartbeat(
         &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatResponse>, Status> {
+        request: Request<AgentHeartbeatRequest>,
+    ) -> Result<Response<AgentHeartbeatResponse>, Status> {
         // 1.
         let key = peer_public_key(&request)?;
         // 2.
@@ -203,7 +203,7 @@ impl AgentCallback for AgentCallbackService {
         if let Some(r) = installation_report.as_ref() {
             tracing::info!(%machine_id, generation = r.generation, result = %r.result, "installation report received");
         }
-        let mut response = HeartbeatResponse::default();
+        let mut response = AgentHeartbeatResponse::default();
         if let Some(row) = pending.first() {
             match OsInstallationRequest::decode(row.os_installation_request_raw.as_slice()) {
                 Ok(mut request) => {

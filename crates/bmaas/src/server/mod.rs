@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bmdb::{Bmdb, SessionKeeper};
-use proto::cloud::bmaas::server::api::agent_callback_server::AgentCallbackServer;
-use proto::cloud::bmaas::server::api::operator_server::OperatorServer;
+use proto::cloud::bmaas::server::api::agent_callback_server::{self, AgentCallbackServer};
+use proto::cloud::bmaas::server::api::operator_server::{self, OperatorServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -129,8 +129,8 @@ impl Server {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
             .add_service(OperatorServer::new(operator))
-            .add_service(rpc::reflection::v1())
-            .add_service(rpc::reflection::v1alpha())
+            .add_service(rpc::reflection::v1(&[operator_server::SERVICE_NAME]))
+            .add_service(rpc::reflection::v1alpha(&[operator_server::SERVICE_NAME]))
             .serve_with_incoming_shutdown(
                 rpc::serve::tls_incoming(grpc, internal_tls),
                 stopped(&shutdown),
@@ -145,8 +145,8 @@ impl Server {
                 AgentCallbackServer::new(agent_callback)
                     .max_decoding_message_size(agent_callback::MAX_REQUEST_BYTES),
             )
-            .add_service(rpc::reflection::v1())
-            .add_service(rpc::reflection::v1alpha())
+            .add_service(rpc::reflection::v1(&[agent_callback_server::SERVICE_NAME]))
+            .add_service(rpc::reflection::v1alpha(&[agent_callback_server::SERVICE_NAME]))
             .serve_with_incoming_shutdown(
                 rpc::serve::tls_incoming(public, public_tls),
                 stopped(&shutdown),

@@ -156,6 +156,7 @@ impl Operator for OperatorService {
                         generation,
                         r#type: Some(os_installation_request::Type::Metropolis(
                             MetropolisInstallationRequest {
+                                bundle_url: String::new(),
                                 node_parameters: Some(node_parameters),
                                 root_device,
                                 os_image: None,

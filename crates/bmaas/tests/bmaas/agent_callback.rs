@@ -12,7 +12,7 @@ use proto::cloud::bmaas::server::api::agent_callback_client::AgentCallbackClient
 use proto::cloud::bmaas::server::api::os_installation_report::{self, Result as ReportResult};
 use proto::cloud::bmaas::server::api::os_installation_request::Type;
 use proto::cloud::bmaas::server::api::{
-    AgentHardwareReport, HeartbeatRequest, MetropolisInstallationRequest, OsInstallationReport,
+    AgentHardwareReport, AgentHeartbeatRequest, MetropolisInstallationRequest, OsInstallationReport,
     OsInstallationRequest,
 };
 use tonic::Code;
@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use crate::common::{self, TestServer};
 
-fn request(machine: Uuid) -> HeartbeatRequest {
-    HeartbeatRequest {
+fn request(machine: Uuid) -> AgentHeartbeatRequest {
+    AgentHeartbeatRequest {
         machine_id: machine.to_string(),
         ..Default::default()
     }
@@ -171,7 +171,7 @@ async fn bad_machine_id_is_invalid_and_changes_nothing() {
         "12345678-1234-1234-1234-1234567890",
         &"x".repeat(10_000),
     ] {
-        let mut req = HeartbeatRequest {
+        let mut req = AgentHeartbeatRequest {
             machine_id: bad.to_string(),
             ..Default::default()
         };

@@ -9,7 +9,7 @@ use bmdb::{Bmdb, Provider, Session, queries};
 use identity::SigningKey;
 use proto::cloud::bmaas::server::api::agent_callback_client::AgentCallbackClient;
 use proto::cloud::bmaas::server::api::operator_client::OperatorClient;
-use proto::cloud::bmaas::server::api::{HeartbeatRequest, HeartbeatResponse};
+use proto::cloud::bmaas::server::api::{AgentHeartbeatRequest, AgentHeartbeatResponse};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -83,8 +83,8 @@ impl TestServer {
     pub async fn heartbeat(
         &self,
         key: &SigningKey,
-        request: HeartbeatRequest,
-    ) -> Result<HeartbeatResponse, tonic::Status> {
+        request: AgentHeartbeatRequest,
+    ) -> Result<AgentHeartbeatResponse, tonic::Status> {
         let mut client = self.agent_client(key).await;
         client.heartbeat(request).await.map(|r| r.into_inner())
     }

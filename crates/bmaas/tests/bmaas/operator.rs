@@ -5,7 +5,7 @@ use proto::api::NodeParameters;
 use proto::cloud::bmaas::server::api::operator_client::OperatorClient;
 use proto::cloud::bmaas::server::api::os_installation_request::Type;
 use proto::cloud::bmaas::server::api::{
-    EnrollMachineRequest, HeartbeatRequest, ListMachinesRequest, RequestOsInstallationRequest,
+    EnrollMachineRequest, AgentHeartbeatRequest, ListMachinesRequest, RequestOsInstallationRequest,
 };
 use tonic::Code;
 
@@ -39,7 +39,7 @@ async fn enroll_list_and_heartbeat() {
         .machine_id;
     t.heartbeat(
         &key,
-        HeartbeatRequest {
+        AgentHeartbeatRequest {
             machine_id: id.clone(),
             ..Default::default()
         },
@@ -155,7 +155,7 @@ async fn installation_requests_bump_generations() {
     let pending = t
         .heartbeat(
             &key,
-            HeartbeatRequest {
+            AgentHeartbeatRequest {
                 machine_id: id.clone(),
                 ..Default::default()
             },

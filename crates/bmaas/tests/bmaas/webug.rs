@@ -5,7 +5,7 @@ use std::time::Duration;
 use identity::SigningKey;
 use prost::Message;
 use proto::cloud::agent::api::{Cpu, Node};
-use proto::cloud::bmaas::server::api::{AgentHardwareReport, HeartbeatRequest};
+use proto::cloud::bmaas::server::api::{AgentHardwareReport, AgentHeartbeatRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common;
@@ -42,7 +42,7 @@ async fn lists_machines_and_shows_details_escaped() {
     assert!(report.encoded_len() > 0);
     t.heartbeat(
         &key,
-        HeartbeatRequest {
+        AgentHeartbeatRequest {
             machine_id: machine.to_string(),
             hardware_report: Some(report),
             ..Default::default()

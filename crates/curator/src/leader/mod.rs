@@ -70,6 +70,14 @@ impl Leader {
     }
 }
 
+/// What the leader serves, as its reflection lists it.
+const LEADER_SERVICES: &[&str] = &[
+    proto::api::management_server::SERVICE_NAME,
+    proto::curator_api::curator_server::SERVICE_NAME,
+    proto::api::aaa_server::SERVICE_NAME,
+    proto::curator_api::curator_local_server::SERVICE_NAME,
+];
+
 /// The leader's gRPC router: all four services behind the authorization layer.
 pub fn router(
     leader: &Arc<Leader>,
@@ -88,6 +96,6 @@ pub fn router(
         .add_service(CuratorLocalServer::new(local::LeaderLocalService(
             leader.clone(),
         )))
-        .add_service(rpc::reflection::v1())
-        .add_service(rpc::reflection::v1alpha())
+        .add_service(rpc::reflection::v1(LEADER_SERVICES))
+        .add_service(rpc::reflection::v1alpha(LEADER_SERVICES))
 }

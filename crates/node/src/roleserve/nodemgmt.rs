@@ -10,6 +10,9 @@ use rpc::ServerSecurity;
 use supervisor::{Context, Runnable, RunnableResult};
 
 use super::Roleserve;
+
+/// What this listener serves, as its reflection lists it.
+const SERVED: &[&str] = &[proto::api::node_management_server::SERVICE_NAME];
 use crate::logs::NodeManagementService;
 
 /// The supervisor runnable.
@@ -37,8 +40,8 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
     let token = ctx.token();
     rpc::serve::server_builder(security)
         .add_service(NodeManagementServer::new(service))
-        .add_service(rpc::reflection::v1())
-        .add_service(rpc::reflection::v1alpha())
+        .add_service(rpc::reflection::v1(SERVED))
+        .add_service(rpc::reflection::v1alpha(SERVED))
         .serve_with_incoming_shutdown(
             // Severed on cancellation: graceful shutdown would wait for streaming Logs calls.
             rpc::serve::tls_incoming_until(listener, tls, token.clone()),
