@@ -146,7 +146,9 @@ impl Server {
                     .max_decoding_message_size(agent_callback::MAX_REQUEST_BYTES),
             )
             .add_service(rpc::reflection::v1(&[agent_callback_server::SERVICE_NAME]))
-            .add_service(rpc::reflection::v1alpha(&[agent_callback_server::SERVICE_NAME]))
+            .add_service(rpc::reflection::v1alpha(&[
+                agent_callback_server::SERVICE_NAME,
+            ]))
             .serve_with_incoming_shutdown(
                 rpc::serve::tls_incoming(public, public_tls),
                 stopped(&shutdown),

@@ -12,8 +12,8 @@ use proto::cloud::bmaas::server::api::agent_callback_client::AgentCallbackClient
 use proto::cloud::bmaas::server::api::os_installation_report::{self, Result as ReportResult};
 use proto::cloud::bmaas::server::api::os_installation_request::Type;
 use proto::cloud::bmaas::server::api::{
-    AgentHardwareReport, AgentHeartbeatRequest, MetropolisInstallationRequest, OsInstallationReport,
-    OsInstallationRequest,
+    AgentHardwareReport, AgentHeartbeatRequest, MetropolisInstallationRequest,
+    OsInstallationReport, OsInstallationRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;

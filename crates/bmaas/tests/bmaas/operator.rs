@@ -5,7 +5,7 @@ use proto::api::NodeParameters;
 use proto::cloud::bmaas::server::api::operator_client::OperatorClient;
 use proto::cloud::bmaas::server::api::os_installation_request::Type;
 use proto::cloud::bmaas::server::api::{
-    EnrollMachineRequest, AgentHeartbeatRequest, ListMachinesRequest, RequestOsInstallationRequest,
+    AgentHeartbeatRequest, EnrollMachineRequest, ListMachinesRequest, RequestOsInstallationRequest,
 };
 use tonic::Code;
 
