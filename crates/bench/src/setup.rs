@@ -224,5 +224,5 @@ pub async fn node_certificates(t: &TestLeader, keys: &[SigningKey]) -> Result<Ve
         .buffered(ISSUE_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|s| anyhow::anyhow!("issuing node certificates: {}", s.message()))
+        .map_err(|e| anyhow::anyhow!("issuing node certificates: {e}"))
 }

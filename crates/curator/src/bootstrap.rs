@@ -6,15 +6,12 @@
 
 use identity::PublicKey;
 use kv::Namespaced;
-use kv::etcd_client::{Compare, CompareOp, Txn, TxnOp};
-use prost::Message;
 use proto::common::node_roles::{ConsensusMember, KubernetesController, consensus_member::Peer};
-use proto::common::{ClusterConfiguration, NodeRoles, NodeState, NodeTpmUsage};
-use proto::curator_private::{InitialOwner, Node};
-use tonic::Status;
+use proto::common::{ClusterConfiguration, NodeRoles, NodeTpmUsage};
+use proto::curator_private::Node;
 
-use crate::state::cluster::{CONFIGURATION_KEY, INITIAL_OWNER_KEY, validate_configuration};
-use crate::state::node::{JOIN_KEYS_PREFIX, NodeRecord};
+use crate::state::cluster::{self, validate_configuration};
+use crate::state::{NodeRecord, StateError, pki};
 
 /// What the bootstrapping node contributes.
 #[derive(Debug, Clone)]
@@ -53,16 +50,19 @@ pub fn consensus_role(jc: &consensus::JoinCluster) -> ConsensusMember {
 }
 
 /// Runs bootstrap finish; returns (cluster CA DER, node certificate DER).
-pub async fn finish(ns: &Namespaced, data: &BootstrapData) -> Result<(Vec<u8>, Vec<u8>), Status> {
-    validate_configuration(&data.configuration).map_err(Status::invalid_argument)?;
-    let ca = crate::state::pki::ensure_ca(ns).await?;
-    let cert = crate::state::pki::ensure_node_certificate(ns, &data.node_key).await?;
+pub async fn finish(
+    ns: &Namespaced,
+    data: &BootstrapData,
+) -> Result<(Vec<u8>, Vec<u8>), StateError> {
+    // Checked before the PKI is touched, so a bad configuration leaves nothing behind.
+    validate_configuration(&data.configuration).map_err(StateError::InvalidArgument)?;
+    let ca = pki::ensure_ca(ns).await?;
+    let cert = pki::ensure_node_certificate(ns, &data.node_key).await?;
 
     let record = NodeRecord::new(
         &data.node_key,
         Node {
             cluster_unlock_key: data.cluster_unlock_key.clone(),
-            fsm_state: NodeState::Up as i32,
             roles: Some(NodeRoles {
                 consensus_member: Some(consensus_role(&data.join_cluster)),
                 kubernetes_controller: Some(KubernetesController {}),
@@ -73,35 +73,7 @@ pub async fn finish(ns: &Namespaced, data: &BootstrapData) -> Result<(Vec<u8>, V
             ..Default::default()
         },
     );
-    let join_index = format!(
-        "{JOIN_KEYS_PREFIX}{}",
-        hex::encode(data.join_key.as_bytes())
-    );
-    let keys = [
-        record.key(),
-        INITIAL_OWNER_KEY.to_string(),
-        join_index.clone(),
-        CONFIGURATION_KEY.to_string(),
-    ];
-    let absent: Vec<Compare> = keys
-        .iter()
-        .map(|k| Compare::create_revision(k.clone(), CompareOp::Equal, 0))
-        .collect();
-    let txn = Txn::new().when(absent).and_then([
-        TxnOp::put(record.key(), record.node.encode_to_vec(), None),
-        TxnOp::put(
-            INITIAL_OWNER_KEY,
-            InitialOwner {
-                public_key: data.owner_key.clone(),
-            }
-            .encode_to_vec(),
-            None,
-        ),
-        TxnOp::put(join_index, record.id.clone(), None),
-        TxnOp::put(CONFIGURATION_KEY, data.configuration.encode_to_vec(), None),
-    ]);
-    let resp = ns.txn(txn).await.map_err(crate::election::etcd_status)?;
-    if !resp.succeeded() {
+    if !cluster::initialize(ns, record, &data.owner_key, &data.configuration).await? {
         tracing::info!("bootstrap data already present; not writing it again");
     }
     Ok((ca, cert))

@@ -6,24 +6,22 @@
 //! `/leader/` prefix, so a deleted leader key (lease revoked on graceful shutdown, or expired
 //! after a crash) is noticed at once instead of by polling.
 //!
-//! Every write a leader makes is an etcd transaction guarded by
-//! `CreateRevision(lock key) == lock revision` ([`Leadership::txn`]); if another curator has
-//! taken over in the meantime the guard fails and the caller gets Unavailable "lost
-//! leadership", never a write based on stale leadership.
+//! Every read and write a leader makes is an etcd transaction guarded by
+//! `CreateRevision(lock key) == lock revision` (the state layer's guarded transactions, see
+//! [`crate::state`]); if another curator has taken over in the meantime the guard fails and
+//! the caller gets "lost leadership", never a write based on stale leadership.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use kv::Namespaced;
 use kv::etcd_client::{
-    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, WatchOptions,
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
 };
 use prost::Message;
 use proto::curator_private::LeaderElectionValue;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 /// Prefix of the election keys inside the curator keyspace.
 pub const ELECTION_PREFIX: &str = "/leader/";
@@ -77,11 +75,6 @@ impl std::fmt::Debug for NamespacedEq {
     }
 }
 
-/// Errors of leader operations, mapped to the gRPC codes of spec 4.1.
-pub fn etcd_status(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("etcd: {e}"))
-}
-
 impl Leadership {
     /// A leadership for tests and for the bootstrap node: `lock_key` must exist with `lock_rev`.
     pub fn new(ns: Namespaced, lock_key: String, lock_rev: i64) -> Self {
@@ -96,59 +89,6 @@ impl Leadership {
     pub fn namespace(&self) -> &Namespaced {
         &self.ns.0
     }
-
-    /// Runs `ops` in one transaction guarded by our election key. Unavailable "lost
-    /// leadership" if another curator has taken over.
-    pub async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnOpResponse>, Status> {
-        let guard =
-            Compare::create_revision(self.lock_key.clone(), CompareOp::Equal, self.lock_rev);
-        let resp: TxnResponse = self
-            .ns
-            .0
-            .txn(Txn::new().when([guard]).and_then(ops))
-            .await
-            .map_err(etcd_status)?;
-        if !resp.succeeded() {
-            return Err(Status::unavailable("lost leadership"));
-        }
-        Ok(resp.op_responses())
-    }
-
-    /// Reads one key under the guard.
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
-        let resp = self.txn(vec![TxnOp::get(key, None)]).await?;
-        Ok(first_range(resp).into_iter().next().map(|(_, v)| v))
-    }
-
-    /// Reads every key under `prefix` under the guard, as (key, value) pairs.
-    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Status> {
-        let resp = self
-            .txn(vec![TxnOp::get(
-                prefix,
-                Some(GetOptions::new().with_prefix()),
-            )])
-            .await?;
-        Ok(first_range(resp))
-    }
-}
-
-/// The (key, value) pairs of the first range response in a transaction.
-pub fn first_range(resp: Vec<TxnOpResponse>) -> Vec<(String, Vec<u8>)> {
-    for r in resp {
-        if let TxnOpResponse::Get(g) = r {
-            return g
-                .kvs()
-                .iter()
-                .map(|kv| {
-                    (
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        kv.value().to_vec(),
-                    )
-                })
-                .collect();
-        }
-    }
-    Vec::new()
 }
 
 /// Runs election rounds until `cancel` fires, publishing the status. Each round: clean up our

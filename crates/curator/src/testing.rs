@@ -23,6 +23,7 @@ use crate::bootstrap::{self, BootstrapData};
 use crate::election::{self, ElectionStatus};
 use crate::health::ManualClock;
 use crate::leader::{self, Leader};
+use crate::state::NodeRecord;
 
 /// How long the harness waits for etcd and the election.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -206,6 +207,15 @@ impl TestLeader {
     /// A channel with an ephemeral self-signed certificate of `key`.
     pub fn ephemeral(&self, key: &SigningKey) -> Channel {
         self.channel(ClientCredentials::Ephemeral(key.clone()))
+    }
+
+    /// Writes a node record as it is, in whatever state it holds, with its join-key index
+    /// entry: test fixtures put nodes straight into a state instead of walking them through
+    /// the lifecycle (which the state layer would otherwise enforce).
+    pub async fn put_node(&self, record: &NodeRecord) {
+        crate::state::node::write_unchecked(&self.leader.leadership, record)
+            .await
+            .expect("writing node record");
     }
 
     /// The bootstrap node's ID.

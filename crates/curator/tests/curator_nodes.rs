@@ -464,7 +464,10 @@ async fn report_decommission() {
     assert_eq!(load(&t, &id).await.state(), NodeState::Up);
 
     // REQUESTED → DECOMMISSIONING → DECOMMISSIONED, each report repeatable.
-    modify(&t, &id, |r| r.set_state(NodeState::DecommissionRequested)).await;
+    modify(&t, &id, |r| {
+        r.node.fsm_state = NodeState::DecommissionRequested as i32
+    })
+    .await;
     for _ in 0..2 {
         cur.report_decommission(report(Stage::Started))
             .await

@@ -310,7 +310,11 @@ async fn registration_refusals() {
         id_of(&node_key)
     );
     assert_eq!(
-        code(node::id_by_join_key(l, join_key.public_key().as_bytes()).await),
+        code(
+            node::id_by_join_key(l, join_key.public_key().as_bytes())
+                .await
+                .map_err(tonic::Status::from)
+        ),
         Code::NotFound
     );
     assert_eq!(

@@ -89,9 +89,7 @@ async fn watch_node_in_cluster() {
             ..Default::default()
         },
     );
-    node::save(&t.leader.leadership, &record)
-        .await
-        .expect("save");
+    t.put_node(&record).await;
     let ev = next(&mut w).await.expect("ok").expect("event");
     assert_eq!((ev.nodes.len(), ev.nodes[0].id.as_str()), (1, id.as_str()));
     assert_eq!(ev.nodes[0].state, NodeState::New as i32);
@@ -115,9 +113,7 @@ async fn watch_node_in_cluster() {
     assert!(ev.nodes.is_empty());
     assert_eq!(ev.node_tombstones.len(), 1);
     assert_eq!(ev.node_tombstones[0].node_id, id);
-    node::save(&t.leader.leadership, &record)
-        .await
-        .expect("save again");
+    t.put_node(&record).await;
     let ev = next(&mut w).await.expect("ok").expect("event");
     assert_eq!(ev.nodes[0].id, id);
 

@@ -46,9 +46,7 @@ async fn add_node(
             ..Default::default()
         },
     );
-    node::save(&t.leader.leadership, &record)
-        .await
-        .expect("save node");
+    t.put_node(&record).await;
     (key, record)
 }
 
@@ -58,12 +56,11 @@ async fn load(t: &TestLeader, id: &str) -> NodeRecord {
         .expect("load node")
 }
 
+/// Puts a node straight into `state` (a fixture: the lifecycle is not walked).
 async fn set_state(t: &TestLeader, id: &str, state: NodeState) {
     let mut r = load(t, id).await;
-    r.set_state(state);
-    node::save(&t.leader.leadership, &r)
-        .await
-        .expect("save node");
+    r.node.fsm_state = state as i32;
+    t.put_node(&r).await;
 }
 
 fn worker() -> NodeRoles {
@@ -179,7 +176,9 @@ async fn management_cluster_info() {
         external_address: "127.85.1.1".to_string(),
         ..Default::default()
     });
-    node::save(&t.leader.leadership, &me).await.expect("save");
+    node::update(&t.leader.leadership, &me)
+        .await
+        .expect("update");
     // Nodes that are not UP are not in the directory.
     add_node(&t, NodeState::New, NodeRoles::default(), Some("127.85.1.9")).await;
     add_node(
@@ -630,11 +629,19 @@ async fn delete_node() {
         .await
         .expect("delete UP roleless node with bypass");
     assert_eq!(
-        code(node::load(&t.leader.leadership, &plain.id).await),
+        code(
+            node::load(&t.leader.leadership, &plain.id)
+                .await
+                .map_err(Status::from)
+        ),
         Code::NotFound
     );
     assert_eq!(
-        code(node::id_by_join_key(&t.leader.leadership, &plain.node.join_key).await),
+        code(
+            node::id_by_join_key(&t.leader.leadership, &plain.node.join_key)
+                .await
+                .map_err(Status::from)
+        ),
         Code::NotFound,
         "join key index entry deleted with the node"
     );

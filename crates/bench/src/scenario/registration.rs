@@ -220,7 +220,8 @@ async fn base_one(raw: &Raw, i: usize, cert_size: usize) -> Result<[Duration; 3]
     let s = Instant::now();
     let stored = raw.guarded_get(&node_rel).await?.unwrap_or_default();
     Node::decode(stored.as_slice())?;
-    record.set_state(NodeState::Standby);
+    // A raw record, as the handler's write would store it.
+    record.node.fsm_state = NodeState::Standby as i32;
     raw.guarded(raw.save_ops(&record)).await?;
     let approve = s.elapsed();
 
@@ -249,7 +250,7 @@ async fn base_one(raw: &Raw, i: usize, cert_size: usize) -> Result<[Duration; 3]
             .or_else([TxnOp::get(cert_key, None)]),
     )
     .await?;
-    record.set_state(NodeState::Up);
+    record.node.fsm_state = NodeState::Up as i32;
     record.node.cluster_unlock_key = vec![7; 32];
     raw.guarded(raw.save_ops(&record)).await?;
     Ok([register, approve, s.elapsed()])

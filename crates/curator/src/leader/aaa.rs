@@ -17,7 +17,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Leader;
-use crate::state::{cluster, pki};
+use crate::state::{StateError, cluster, pki};
 
 /// The only identity Escrow can grant.
 const OWNER_IDENTITY: &str = "owner";
@@ -83,7 +83,18 @@ async fn escrow(
             "certificates can only be escrowed for the key the connection was made with",
         ));
     }
-    let owner = cluster::initial_owner(&leader.leadership).await?;
+    // Spec 4.9: a missing or unreadable initial owner is FailedPrecondition, not the store
+    // error it would otherwise map to.
+    let owner = match cluster::initial_owner(&leader.leadership).await {
+        Ok(Some(owner)) => owner,
+        Ok(None) => return Err(Status::failed_precondition("cluster has no initial owner")),
+        Err(e @ StateError::Corrupt { .. }) => {
+            return Err(Status::failed_precondition(format!(
+                "initial owner record is invalid: {e}"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if owner.as_slice() != requested.as_bytes() {
         return Err(Status::permission_denied(
             "this key is not the cluster owner's key",

@@ -3,7 +3,7 @@
 //! and announce their cluster networking.
 //!
 //! The service itself only extracts the caller ([`PeerInfo`]) and hands off to one submodule
-//! per concern; every etcd access goes through the leadership guard, and read-modify-write
+//! per concern; every record access goes through the state layer, and read-modify-write
 //! sequences on node records hold `nodes_lock`.
 
 use std::sync::Arc;
@@ -14,8 +14,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Leader;
-use crate::election::Leadership;
-use crate::state::node::{NodeRecord, checked_node_key};
+use crate::state::NodeRecord;
 
 mod clusternet;
 mod kube_pki;
@@ -129,19 +128,6 @@ impl Curator for CuratorService {
         lifecycle::report_decommission(&self.0, &peer, request.into_inner())
             .await
             .map(Response::new)
-    }
-}
-
-/// Loads a node under the leadership guard; `None` if it does not exist. Handlers that treat
-/// absence as something other than NotFound (registration, heartbeats) use this instead of
-/// [`crate::state::node::load`].
-async fn load_opt(l: &Leadership, id: &str) -> Result<Option<NodeRecord>, Status> {
-    let key = checked_node_key(id)?;
-    match l.get(&key).await? {
-        Some(bytes) => NodeRecord::decode(id, &bytes)
-            .map(Some)
-            .map_err(Status::unavailable),
-        None => Ok(None),
     }
 }
 

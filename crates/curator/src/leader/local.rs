@@ -49,7 +49,7 @@ async fn current_leader(leader: &Leader) -> Result<GetCurrentLeaderResponse, Sta
     let id = leader.credentials.node_id();
     let record = node::load(&leader.leadership, &id)
         .await
-        .map_err(|e| Status::unavailable(format!("failed to load leader node: {}", e.message())))?;
+        .map_err(|e| Status::unavailable(format!("failed to load leader node: {e}")))?;
     let leader_host = record
         .node
         .status

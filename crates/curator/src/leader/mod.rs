@@ -1,6 +1,9 @@
 //! What a curator leader serves: Management, Curator, AAA and CuratorLocal, all on the shared
-//! [`Leader`] state. Every read and write goes through the leadership guard; read-modify-write
-//! sequences on nodes hold `nodes_lock` (upstream `muNodes`), ticket creation `ticket_lock`.
+//! [`Leader`] state. This is the service layer: handlers check requests and RPC
+//! preconditions, leave every record access to [`crate::state`] (which runs it under the
+//! leadership guard) and choose the gRPC status of its errors (one mapping, `status.rs`).
+//! Read-modify-write sequences on nodes hold `nodes_lock` (upstream `muNodes`), ticket
+//! creation `ticket_lock`.
 
 use std::sync::Arc;
 
@@ -15,6 +18,7 @@ pub mod curator;
 pub mod filter;
 pub mod local;
 pub mod management;
+mod status;
 
 /// The state shared by the leader's services.
 pub struct Leader {

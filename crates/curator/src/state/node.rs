@@ -1,13 +1,21 @@
 //! Node records: `/nodes/<id>` holds `curator.proto.private.Node`, `/join_keys/<hex>` maps a
-//! join public key to its node ID. Both are always written in one transaction.
+//! join public key to its node ID. Both are always written (and deleted) in one transaction,
+//! and only here.
+//!
+//! A record's state changes only through [`create`] and [`set_state`], which check the
+//! lifecycle table ([`super::lifecycle`]); [`update`] writes every other change and refuses a
+//! record whose state was changed behind the table's back.
 
+use futures::{Stream, StreamExt, stream};
 use identity::PublicKey;
-use kv::etcd_client::{GetOptions, TxnOp};
+use kv::etcd_client::{Compare, CompareOp, TxnOp, WatchOptions};
+use kv::{EventKind, WatchBatch};
 use prost::Message;
 use proto::common::{NodeRoles, NodeState};
 use proto::curator_private::Node;
-use tonic::Status;
 
+use super::guard::nth_value;
+use super::{StateError, lifecycle};
 use crate::election::Leadership;
 
 /// Prefix of node records.
@@ -20,12 +28,14 @@ pub const JOIN_KEYS_PREFIX: &str = "/join_keys/";
 pub struct NodeRecord {
     /// `metropolis-…`.
     pub id: String,
-    /// The stored record.
+    /// The stored record. Its `fsm_state` is changed through [`set_state`] only.
     pub node: Node,
+    /// The raw state as last read or written; `None` for a record not stored yet.
+    stored_state: Option<i32>,
 }
 
 impl NodeRecord {
-    /// A new record for `public_key`.
+    /// A new record for `public_key` (not stored yet: see [`create`]).
     pub fn new(public_key: &PublicKey, node: Node) -> Self {
         Self {
             id: identity::node_id(public_key),
@@ -33,17 +43,13 @@ impl NodeRecord {
                 public_key: public_key.as_bytes().to_vec(),
                 ..node
             },
+            stored_state: None,
         }
     }
 
-    /// The node's state.
+    /// The node's state (INVALID for a value this build does not know).
     pub fn state(&self) -> NodeState {
         NodeState::try_from(self.node.fsm_state).unwrap_or(NodeState::Invalid)
-    }
-
-    /// Sets the node's state.
-    pub fn set_state(&mut self, state: NodeState) {
-        self.node.fsm_state = state as i32;
     }
 
     /// The node's roles (empty message if none).
@@ -60,154 +66,467 @@ impl NodeRecord {
     }
 
     /// The node's public key.
-    pub fn public_key(&self) -> Result<PublicKey, Status> {
-        PublicKey::from_slice(&self.node.public_key)
-            .map_err(|e| Status::internal(format!("node {}: {e}", self.id)))
+    pub fn public_key(&self) -> Result<PublicKey, StateError> {
+        PublicKey::from_slice(&self.node.public_key).map_err(|e| StateError::corrupt(self.key(), e))
     }
 
     /// Decodes a stored record, refusing one whose key does not match the ID derived from its
     /// public key (spec 4.3: such a record is corrupt or forged).
-    pub fn decode(id: &str, bytes: &[u8]) -> Result<Self, String> {
-        let node = Node::decode(bytes).map_err(|e| format!("decoding node {id}: {e}"))?;
-        let key = PublicKey::from_slice(&node.public_key).map_err(|e| format!("node {id}: {e}"))?;
-        let derived = identity::node_id(&key);
+    pub fn decode(id: &str, bytes: &[u8]) -> Result<Self, StateError> {
+        let key = format!("{NODES_PREFIX}{id}");
+        let node = Node::decode(bytes).map_err(|e| StateError::corrupt(&key, e))?;
+        let public_key =
+            PublicKey::from_slice(&node.public_key).map_err(|e| StateError::corrupt(&key, e))?;
+        let derived = identity::node_id(&public_key);
         if derived != id {
-            return Err(format!("node record {id} holds the key of {derived}"));
+            return Err(StateError::corrupt(
+                key,
+                format!("it holds the key of {derived}"),
+            ));
         }
         Ok(Self {
             id: id.to_string(),
+            stored_state: Some(node.fsm_state),
             node,
         })
     }
 
     /// The etcd key of this record.
     pub fn key(&self) -> String {
-        node_key(&self.id)
+        format!("{NODES_PREFIX}{}", self.id)
+    }
+
+    /// The etcd key of this record's join-key index entry, if it has a join key.
+    fn join_index(&self) -> Option<String> {
+        (!self.node.join_key.is_empty()).then(|| join_key_index(&self.node.join_key))
+    }
+
+    /// The writes that store this record and its index entry.
+    pub(crate) fn put_ops(&self) -> Vec<TxnOp> {
+        let mut ops = vec![TxnOp::put(self.key(), self.node.encode_to_vec(), None)];
+        if let Some(index) = self.join_index() {
+            ops.push(TxnOp::put(index, self.id.clone(), None));
+        }
+        ops
     }
 }
 
 /// `/nodes/<id>`; InvalidArgument for an ID that is empty or contains `/`.
-pub fn checked_node_key(id: &str) -> Result<String, Status> {
+pub fn node_key(id: &str) -> Result<String, StateError> {
     if id.is_empty() || id.contains('/') {
-        return Err(Status::invalid_argument("invalid node id"));
+        return Err(StateError::InvalidArgument("invalid node id".to_string()));
     }
-    Ok(node_key(id))
+    Ok(format!("{NODES_PREFIX}{id}"))
 }
 
-fn node_key(id: &str) -> String {
-    format!("{NODES_PREFIX}{id}")
-}
-
-fn join_key_key(join_key: &[u8]) -> String {
+/// `/join_keys/<hex>`.
+pub(crate) fn join_key_index(join_key: &[u8]) -> String {
     format!("{JOIN_KEYS_PREFIX}{}", hex::encode(join_key))
 }
 
-/// Resolves a node given by public key (32 bytes) or by ID, as the Management requests do.
-pub fn id_from_request(pubkey: Option<&[u8]>, id: Option<&str>) -> Result<String, Status> {
-    match (pubkey, id) {
-        (Some(pk), _) => {
-            let key = PublicKey::from_slice(pk).map_err(|_| {
-                Status::invalid_argument(format!("public key must be 32 bytes, got {}", pk.len()))
-            })?;
-            Ok(identity::node_id(&key))
-        }
-        (None, Some(id)) if !id.is_empty() => Ok(id.to_string()),
-        _ => Err(Status::invalid_argument(
-            "node must be given by pubkey or id",
-        )),
-    }
-}
-
 /// Loads a node; NotFound if absent.
-pub async fn load(l: &Leadership, id: &str) -> Result<NodeRecord, Status> {
-    let key = checked_node_key(id)?;
-    let Some(bytes) = l.get(&key).await? else {
-        return Err(Status::not_found(format!("node {id} not found")));
-    };
-    NodeRecord::decode(id, &bytes).map_err(Status::unavailable)
+pub async fn load(l: &Leadership, id: &str) -> Result<NodeRecord, StateError> {
+    load_opt(l, id)
+        .await?
+        .ok_or_else(|| StateError::not_found(format!("node {id}")))
 }
 
-/// Loads every node; records that fail to decode are skipped (and logged), as upstream.
-pub async fn load_all(l: &Leadership) -> Result<Vec<NodeRecord>, Status> {
-    let kvs = l.get_prefix(NODES_PREFIX).await?;
+/// Loads a node; `None` if absent.
+pub async fn load_opt(l: &Leadership, id: &str) -> Result<Option<NodeRecord>, StateError> {
+    let key = node_key(id)?;
+    l.get(&key)
+        .await?
+        .map(|bytes| NodeRecord::decode(id, &bytes))
+        .transpose()
+}
+
+/// Loads every node; records that fail to decode are skipped (and logged), as upstream: one
+/// bad record must not hide the whole cluster from its managers.
+pub async fn load_all(l: &Leadership) -> Result<Vec<NodeRecord>, StateError> {
+    let (kvs, _) = l.range(NODES_PREFIX, true).await?;
     Ok(decode_all(kvs))
 }
 
-/// Decodes `(key, value)` pairs of `/nodes/`, skipping bad ones.
-pub fn decode_all(kvs: Vec<(String, Vec<u8>)>) -> Vec<NodeRecord> {
+fn decode_all(kvs: Vec<(String, Vec<u8>)>) -> Vec<NodeRecord> {
     kvs.into_iter()
-        .filter_map(|(k, v)| {
-            let id = k.strip_prefix(NODES_PREFIX)?.to_string();
-            NodeRecord::decode(&id, &v)
-                .map_err(|e| tracing::warn!("skipping node record: {e}"))
-                .ok()
-        })
+        .filter_map(|(k, v)| decode_logged(&k, &v))
         .collect()
 }
 
-/// Saves a node and (if it has one) its join-key index entry in one transaction.
-pub async fn save(l: &Leadership, n: &NodeRecord) -> Result<(), Status> {
-    let mut ops = vec![TxnOp::put(n.key(), n.node.encode_to_vec(), None)];
-    if !n.node.join_key.is_empty() {
-        ops.push(TxnOp::put(
-            join_key_key(&n.node.join_key),
-            n.id.clone(),
-            None,
-        ));
+/// Decodes `/nodes/<id>`; `None` (logged) for other keys and corrupt records.
+fn decode_logged(key: &str, value: &[u8]) -> Option<NodeRecord> {
+    let id = key.strip_prefix(NODES_PREFIX)?;
+    NodeRecord::decode(id, value)
+        .map_err(|e| tracing::warn!("skipping node record: {e}"))
+        .ok()
+}
+
+/// Gives a record that is not stored yet the state it is created in, if the lifecycle table
+/// lets a node start there.
+pub(super) fn enter_initial(record: &mut NodeRecord, state: NodeState) -> Result<(), StateError> {
+    if record.stored_state.is_some() {
+        return Err(StateError::NodeExists {
+            id: record.id.clone(),
+        });
     }
-    l.txn(ops).await.map(|_| ())
+    lifecycle::check(&record.id, None, state)?;
+    record.node.fsm_state = state as i32;
+    Ok(())
+}
+
+/// Stores a new node in `state` (whatever state `record` holds is replaced) with its join-key
+/// index entry: only if no record with its ID exists (NodeExists) and its join key is free or
+/// already indexed for it (JoinKeyInUse), checked in the same transaction as the write. The
+/// lifecycle table decides which states a node may be created in.
+pub async fn create(
+    l: &Leadership,
+    record: &mut NodeRecord,
+    state: NodeState,
+) -> Result<(), StateError> {
+    enter_initial(record, state)?;
+    let absent = Compare::create_revision(record.key(), CompareOp::Equal, 0);
+    match claim_join_key(l, record, vec![absent], record.put_ops()).await? {
+        Claim::Written => {
+            record.stored_state = Some(record.node.fsm_state);
+            Ok(())
+        }
+        Claim::Taken(owner) => Err(StateError::JoinKeyInUse { owner }),
+        Claim::ConditionFailed => Err(StateError::NodeExists {
+            id: record.id.clone(),
+        }),
+    }
+}
+
+/// Writes every change of a stored record except its state (see [`set_state`]), with its
+/// join-key index entry, in one transaction.
+pub async fn update(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
+    match record.stored_state {
+        Some(s) if s == record.node.fsm_state => {}
+        Some(_) => {
+            return Err(StateError::Internal(format!(
+                "the state of node {} was changed without the lifecycle check",
+                record.id
+            )));
+        }
+        None => {
+            return Err(StateError::Internal(format!(
+                "node {} is not stored yet and cannot be updated",
+                record.id
+            )));
+        }
+    }
+    l.txn(record.put_ops()).await.map(|_| ())
+}
+
+/// Moves a stored record to state `to`, if the lifecycle table allows it, and writes it with
+/// whatever else the caller changed (CommitNode stores the cluster unlock key with UP).
+pub async fn set_state(
+    l: &Leadership,
+    record: &mut NodeRecord,
+    to: NodeState,
+) -> Result<(), StateError> {
+    let Some(from) = record.stored_state else {
+        return Err(StateError::Internal(format!(
+            "node {} is not stored yet; create it instead",
+            record.id
+        )));
+    };
+    let from = NodeState::try_from(from).unwrap_or(NodeState::Invalid);
+    lifecycle::check(&record.id, Some(from), to)?;
+    let previous = std::mem::replace(&mut record.node.fsm_state, to as i32);
+    if let Err(e) = l.txn(record.put_ops()).await {
+        record.node.fsm_state = previous;
+        return Err(e);
+    }
+    record.stored_state = Some(to as i32);
+    Ok(())
+}
+
+/// Gives a stored record a new join key: the record, the new index entry and the removal of
+/// the old one in one transaction, only if the new key is free or already this node's
+/// (JoinKeyInUse otherwise). Other changes to the record are written with it; its state must
+/// be unchanged.
+pub async fn replace_join_key(
+    l: &Leadership,
+    record: &mut NodeRecord,
+    join_key: &[u8],
+) -> Result<(), StateError> {
+    if join_key.is_empty() {
+        return Err(StateError::InvalidArgument("join key is empty".to_string()));
+    }
+    if record.stored_state != Some(record.node.fsm_state) {
+        return Err(StateError::Internal(format!(
+            "the state of node {} was changed without the lifecycle check",
+            record.id
+        )));
+    }
+    let old = std::mem::replace(&mut record.node.join_key, join_key.to_vec());
+    let mut ops = record.put_ops();
+    if !old.is_empty() && old != join_key {
+        ops.push(TxnOp::delete(join_key_index(&old), None));
+    }
+    let unchanged = Compare::mod_revision(record.key(), CompareOp::Greater, 0);
+    match claim_join_key(l, record, vec![unchanged], ops).await {
+        Ok(Claim::Written) => Ok(()),
+        Ok(Claim::Taken(owner)) => {
+            record.node.join_key = old;
+            Err(StateError::JoinKeyInUse { owner })
+        }
+        Ok(Claim::ConditionFailed) => {
+            record.node.join_key = old;
+            Err(StateError::not_found(format!("node {}", record.id)))
+        }
+        Err(e) => {
+            record.node.join_key = old;
+            Err(e)
+        }
+    }
+}
+
+/// The outcome of [`claim_join_key`].
+enum Claim {
+    Written,
+    /// The join key is indexed for this other node.
+    Taken(String),
+    /// One of the caller's conditions failed.
+    ConditionFailed,
+}
+
+/// Runs `ops` if `when` holds and `record`'s join-key index entry is absent or already points
+/// at it. "Absent" and "ours" cannot be one etcd compare, so "ours" is a second attempt.
+async fn claim_join_key(
+    l: &Leadership,
+    record: &NodeRecord,
+    when: Vec<Compare>,
+    ops: Vec<TxnOp>,
+) -> Result<Claim, StateError> {
+    let Some(index) = record.join_index() else {
+        let r = l.txn_if(when, ops, Vec::new()).await?;
+        return Ok(if r.succeeded {
+            Claim::Written
+        } else {
+            Claim::ConditionFailed
+        });
+    };
+    let attempt = |index_condition: Compare| {
+        let mut conditions = when.clone();
+        conditions.push(index_condition);
+        l.txn_if(
+            conditions,
+            ops.clone(),
+            vec![TxnOp::get(index.clone(), None)],
+        )
+    };
+    let raced = || {
+        StateError::Unavailable(format!(
+            "the join-key index entry of node {} changed concurrently; retry",
+            record.id
+        ))
+    };
+    let id = record.id.as_bytes();
+
+    let free = attempt(Compare::create_revision(index.clone(), CompareOp::Equal, 0)).await?;
+    if free.succeeded {
+        return Ok(Claim::Written);
+    }
+    match nth_value(&free.responses, 0) {
+        Some(owner) if owner != id => {
+            Ok(Claim::Taken(String::from_utf8_lossy(&owner).into_owned()))
+        }
+        // The entry is free, so one of the caller's conditions failed.
+        None if !when.is_empty() => Ok(Claim::ConditionFailed),
+        None => Err(raced()),
+        Some(_) => {
+            let ours = attempt(Compare::value(index.clone(), CompareOp::Equal, id)).await?;
+            if ours.succeeded {
+                return Ok(Claim::Written);
+            }
+            match nth_value(&ours.responses, 0) {
+                Some(owner) if owner != id => {
+                    Ok(Claim::Taken(String::from_utf8_lossy(&owner).into_owned()))
+                }
+                Some(_) if !when.is_empty() => Ok(Claim::ConditionFailed),
+                _ => Err(raced()),
+            }
+        }
+    }
 }
 
 /// Deletes a node record and its join-key index entry in one transaction.
-pub async fn delete(l: &Leadership, n: &NodeRecord) -> Result<(), Status> {
-    let mut ops = vec![TxnOp::delete(n.key(), None)];
-    if !n.node.join_key.is_empty() {
-        ops.push(TxnOp::delete(join_key_key(&n.node.join_key), None));
+pub async fn delete(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
+    let mut ops = vec![TxnOp::delete(record.key(), None)];
+    if let Some(index) = record.join_index() {
+        ops.push(TxnOp::delete(index, None));
     }
     l.txn(ops).await.map(|_| ())
 }
 
-/// The node ID registered for a join key; NotFound if none.
-pub async fn id_by_join_key(l: &Leadership, join_key: &[u8]) -> Result<String, Status> {
+/// The node ID the join-key index maps `join_key` to; `None` if it maps it to nothing.
+pub async fn join_key_owner(l: &Leadership, join_key: &[u8]) -> Result<Option<String>, StateError> {
     if join_key.is_empty() {
-        return Err(Status::invalid_argument("join key is empty"));
+        return Err(StateError::InvalidArgument("join key is empty".to_string()));
     }
-    match l.get(&join_key_key(join_key)).await? {
-        Some(id) => Ok(String::from_utf8_lossy(&id).into_owned()),
-        None => Err(Status::not_found("no node with this join key")),
+    Ok(l.get(&join_key_index(join_key))
+        .await?
+        .map(|id| String::from_utf8_lossy(&id).into_owned()))
+}
+
+/// The node ID registered for a join key; NotFound if none.
+pub async fn id_by_join_key(l: &Leadership, join_key: &[u8]) -> Result<String, StateError> {
+    join_key_owner(l, join_key)
+        .await?
+        .ok_or_else(|| StateError::not_found("node with this join key"))
+}
+
+/// Reads one node without leadership (followers): a plain read. `None` if absent.
+pub async fn load_unguarded(
+    ns: &kv::Namespaced,
+    id: &str,
+) -> Result<Option<NodeRecord>, StateError> {
+    let key = node_key(id)?;
+    let resp = ns.get(key, None).await.map_err(StateError::etcd)?;
+    resp.kvs()
+        .first()
+        .map(|kv| NodeRecord::decode(id, kv.value()))
+        .transpose()
+}
+
+/// Which nodes a watch follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// One node, by ID.
+    One(&'a str),
+    /// Every node.
+    All,
+}
+
+impl Scope<'_> {
+    /// The key (or prefix) and whether it is a prefix.
+    fn key(&self) -> Result<(String, bool), StateError> {
+        match self {
+            Scope::One(id) => Ok((node_key(id)?, false)),
+            Scope::All => Ok((NODES_PREFIX.to_string(), true)),
+        }
     }
 }
 
-/// Reads every node without leadership (followers, watches): a plain range read.
-pub async fn load_all_unguarded(ns: &kv::Namespaced) -> Result<Vec<NodeRecord>, Status> {
-    let resp = ns
-        .get(NODES_PREFIX, Some(GetOptions::new().with_prefix()))
+/// One change of the watched nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeChange {
+    /// A node was created or changed (boxed: a record is large, and a stream carries many
+    /// tombstones as well).
+    Put(Box<NodeRecord>),
+    /// A node was deleted.
+    Deleted(String),
+}
+
+/// The watched nodes now, under the guard, with the revision a watch continues from so that
+/// nothing between the read and the watch is lost or seen twice. Corrupt records are skipped
+/// (and logged), as upstream.
+pub async fn snapshot(
+    l: &Leadership,
+    scope: Scope<'_>,
+) -> Result<(Vec<NodeRecord>, i64), StateError> {
+    let (key, prefix) = scope.key()?;
+    let (kvs, revision) = l.range(&key, prefix).await?;
+    Ok((decode_all(kvs), revision))
+}
+
+/// Every change of the watched nodes after `revision`, from a plain etcd watch (it carries no
+/// leadership guard: when leadership moves, the server serving it is torn down). Corrupt
+/// records are skipped (and logged); the stream ends with an error when the watch fails or
+/// ends (e.g. compaction), so callers re-read and watch again.
+pub async fn changes(
+    ns: &kv::Namespaced,
+    scope: Scope<'_>,
+    revision: i64,
+) -> Result<impl Stream<Item = Result<NodeChange, StateError>> + Send + 'static, StateError> {
+    let (key, prefix) = scope.key()?;
+    let mut options = WatchOptions::new().with_start_revision(revision + 1);
+    if prefix {
+        options = options.with_prefix();
+    }
+    let watch = ns
+        .watch(key, Some(options))
         .await
-        .map_err(crate::election::etcd_status)?;
-    Ok(decode_all(
-        resp.kvs()
+        .map_err(StateError::etcd)?;
+    let changes = watch.flat_map(|batch| stream::iter(batch_changes(batch)));
+    let ended = stream::once(async { Err(StateError::etcd("watch ended")) });
+    Ok(changes.chain(ended))
+}
+
+/// The changes of one etcd watch response.
+fn batch_changes(batch: Result<WatchBatch, kv::Error>) -> Vec<Result<NodeChange, StateError>> {
+    match batch {
+        Ok(b) => b
+            .events
             .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
-                )
-            })
+            .filter_map(|e| change(e.kind, &e.key, &e.value))
+            .map(Ok)
             .collect(),
-    ))
+        Err(e) => vec![Err(StateError::etcd(format!("watch: {e}")))],
+    }
 }
 
-/// Reads one node without leadership; None if absent.
-pub async fn load_unguarded(ns: &kv::Namespaced, id: &str) -> Result<Option<NodeRecord>, Status> {
-    let key = checked_node_key(id)?;
-    let resp = ns
-        .get(key, None)
-        .await
-        .map_err(crate::election::etcd_status)?;
-    match resp.kvs().first() {
-        Some(kv) => NodeRecord::decode(id, kv.value())
-            .map(Some)
-            .map_err(Status::unavailable),
-        None => Ok(None),
+/// One change: a put becomes the record, a delete a tombstone. Keys that are not node records
+/// and records that do not decode are skipped.
+fn change(kind: EventKind, key: &[u8], value: &[u8]) -> Option<NodeChange> {
+    let key = String::from_utf8_lossy(key);
+    match kind {
+        EventKind::Put => decode_logged(&key, value).map(|r| NodeChange::Put(Box::new(r))),
+        EventKind::Delete => key
+            .strip_prefix(NODES_PREFIX)
+            .map(|id| NodeChange::Deleted(id.to_string())),
+    }
+}
+
+/// Writes `record` as it is, bypassing the lifecycle table: for test fixtures that need a
+/// node in a given state without walking it there.
+pub(crate) async fn write_unchecked(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
+    l.txn(record.put_ops()).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deletes_become_tombstones_and_foreign_keys_are_skipped() {
+        assert_eq!(
+            change(EventKind::Delete, b"/nodes/metropolis-ab", b""),
+            Some(NodeChange::Deleted("metropolis-ab".into()))
+        );
+        assert!(change(EventKind::Delete, b"/other/x", b"").is_none());
+        assert!(change(EventKind::Put, b"/nodes/metropolis-ab", b"\xff garbage").is_none());
+    }
+
+    #[test]
+    fn node_keys_are_checked() {
+        assert_eq!(
+            node_key("metropolis-ab").as_deref(),
+            Ok("/nodes/metropolis-ab")
+        );
+        for bad in ["", "a/b"] {
+            assert!(matches!(node_key(bad), Err(StateError::InvalidArgument(_))));
+        }
+    }
+
+    #[test]
+    fn records_under_another_id_are_corrupt() {
+        let key = identity::SigningKey::generate().expect("key").public_key();
+        let record = NodeRecord::new(&key, Node::default());
+        let bytes = record.node.encode_to_vec();
+        assert_eq!(
+            NodeRecord::decode(&record.id, &bytes).map(|r| r.id),
+            Ok(record.id.clone())
+        );
+        assert!(matches!(
+            NodeRecord::decode("metropolis-00", &bytes),
+            Err(StateError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            NodeRecord::decode(&record.id, b"\xff\xff"),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 }

@@ -5,68 +5,75 @@ use std::sync::Arc;
 
 use identity::PublicKey;
 use kv::Namespaced;
-use tonic::Status;
+
+use super::StateError;
 
 fn ca() -> Arc<pki::Certificate> {
     Arc::new(pki::Certificate::cluster_ca())
 }
 
-fn pki_status(what: &str, e: pki::Error) -> Status {
+fn pki_error(what: &str, e: pki::Error) -> StateError {
     match e {
-        pki::Error::KeyMismatch { .. } => Status::failed_precondition(format!(
-            "{what}: a certificate with this name exists for another key"
-        )),
-        e => Status::unavailable(format!("{what}: {e}")),
+        pki::Error::KeyMismatch { .. } => StateError::CertificateKeyMismatch {
+            what: what.to_string(),
+        },
+        e => StateError::Unavailable(format!("{what}: {e}")),
     }
 }
 
 /// Ensures the cluster CA; returns its DER.
-pub async fn ensure_ca(ns: &Namespaced) -> Result<Vec<u8>, Status> {
+pub async fn ensure_ca(ns: &Namespaced) -> Result<Vec<u8>, StateError> {
     ca().ensure(ns)
         .await
-        .map_err(|e| pki_status("cluster CA", e))
+        .map_err(|e| pki_error("cluster CA", e))
 }
 
 /// Ensures the node certificate of `key`; returns its DER.
-pub async fn ensure_node_certificate(ns: &Namespaced, key: &PublicKey) -> Result<Vec<u8>, Status> {
+pub async fn ensure_node_certificate(
+    ns: &Namespaced,
+    key: &PublicKey,
+) -> Result<Vec<u8>, StateError> {
     pki::Certificate::node(&ca(), *key)
         .ensure(ns)
         .await
-        .map_err(|e| pki_status("node certificate", e))
+        .map_err(|e| pki_error("node certificate", e))
 }
 
 /// Ensures the owner certificate for `key`; returns its DER. A different key than the one
-/// that first took ownership is refused (FailedPrecondition).
-pub async fn ensure_owner_certificate(ns: &Namespaced, key: &PublicKey) -> Result<Vec<u8>, Status> {
+/// that first took ownership is refused ([`StateError::CertificateKeyMismatch`]).
+pub async fn ensure_owner_certificate(
+    ns: &Namespaced,
+    key: &PublicKey,
+) -> Result<Vec<u8>, StateError> {
     pki::Certificate::user(&ca(), pki::OWNER_NAME, pki::OWNER_NAME, *key)
         .ensure(ns)
         .await
-        .map_err(|e| pki_status("owner certificate", e))
+        .map_err(|e| pki_error("owner certificate", e))
 }
 
 /// Revokes a deleted node's certificate in the cluster CRL and drops it from the issued
 /// certificates (ours: upstream keeps both, so deleted nodes keep authenticating). Returns the
 /// revoked serial, if the node had a certificate, so the caller can refuse it at once.
-pub async fn revoke_node(ns: &Namespaced, key: &PublicKey) -> Result<Option<Vec<u8>>, Status> {
+pub async fn revoke_node(ns: &Namespaced, key: &PublicKey) -> Result<Option<Vec<u8>>, StateError> {
     let ca = ca();
     let cert = pki::Certificate::node(&ca, *key);
     let serial = match cert
         .get(ns)
         .await
-        .map_err(|e| pki_status("reading node certificate", e))?
+        .map_err(|e| pki_error("reading node certificate", e))?
     {
         Some(der) => Some(
             identity::verify::cert_serial(&der)
-                .map_err(|e| Status::internal(format!("node certificate: {e}")))?,
+                .map_err(|e| StateError::corrupt(cert.cert_path(), e))?,
         ),
         None => None,
     };
     match ca.revoke_certificate(ns, &cert.name).await {
         Ok(()) | Err(pki::Error::NotFound { .. }) => {}
-        Err(e) => return Err(pki_status("revoking node certificate", e)),
+        Err(e) => return Err(pki_error("revoking node certificate", e)),
     }
     ca.delete_issued(ns, &cert.name)
         .await
-        .map_err(|e| pki_status("deleting node certificate", e))?;
+        .map_err(|e| pki_error("deleting node certificate", e))?;
     Ok(serial)
 }

@@ -64,9 +64,7 @@ pub async fn add_node(t: &TestLeader, state: NodeState, cuk: &[u8]) -> (SigningK
             ..Default::default()
         },
     );
-    node::save(&t.leader.leadership, &record)
-        .await
-        .expect("saving node");
+    t.put_node(&record).await;
     (node_key, join_key)
 }
 
@@ -77,13 +75,12 @@ pub async fn load(t: &TestLeader, id: &str) -> NodeRecord {
         .expect("loading node")
 }
 
-/// Changes a node record straight in etcd.
+/// Changes a node record straight in etcd (any field, the state too: a fixture, not walked
+/// through the lifecycle).
 pub async fn modify(t: &TestLeader, id: &str, f: impl FnOnce(&mut NodeRecord)) {
     let mut record = load(t, id).await;
     f(&mut record);
-    node::save(&t.leader.leadership, &record)
-        .await
-        .expect("saving node");
+    t.put_node(&record).await;
 }
 
 /// Gives a node the KubernetesWorker role, straight in etcd.

@@ -29,12 +29,11 @@ use crate::storage::{DataDir, UnlockKeys, contents};
 pub fn plan(rs: &Roleserve, b: &ClusterBootstrap) -> Result<BootstrapPlan, Exit> {
     let p =
         params::bootstrap(b).map_err(|e| Exit::fatal(format!("invalid NodeParameters: {e}")))?;
-    let tpm_usage = curator::state::cluster::tpm_usage(&p.configuration, false).map_err(|s| {
+    let tpm_usage = curator::state::cluster::tpm_usage(&p.configuration, false).map_err(|e| {
         Exit::fatal(format!(
-            "cannot bootstrap: {}. This node has no TPM (none is emulated); bootstrap with \
+            "cannot bootstrap: {e}. This node has no TPM (none is emulated); bootstrap with \
              tpm_mode TPM_MODE_DISABLED or TPM_MODE_BEST_EFFORT in \
-             initial_cluster_configuration",
-            s.message()
+             initial_cluster_configuration"
         ))
     })?;
     let storage = curator::state::cluster::recommended_storage(&p.configuration);

@@ -258,7 +258,7 @@ async fn bootstrap(
     };
     let (ca, cert) = curator::bootstrap::finish(&ns, &data)
         .await
-        .map_err(|s| format!("writing the initial cluster state: {}", s.message()))?;
+        .map_err(|e| format!("writing the initial cluster state: {e}"))?;
     let creds = NodeCredentials::new(plan.node_key.clone(), cert, ca)?;
     tracing::info!("cluster bootstrapped in etcd");
     rs.set_bootstrapped(creds.clone());

@@ -80,7 +80,7 @@ pub(super) async fn update_node_cluster_networking(
         wireguard_pubkey: base64_encode(&key),
         prefixes,
     });
-    node::save(l, &record).await?;
+    node::update(l, &record).await?;
     Ok(UpdateNodeClusterNetworkingResponse {})
 }
 

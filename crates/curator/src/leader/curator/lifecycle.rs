@@ -15,7 +15,7 @@ use rpc::PeerInfo;
 use tonic::codegen::BoxStream;
 use tonic::{Status, Streaming};
 
-use super::{load_opt, state_name};
+use super::state_name;
 use crate::leader::Leader;
 use crate::state::node;
 
@@ -50,7 +50,7 @@ pub(super) async fn update_node_status(
     let _nodes = leader.nodes_lock.lock().await;
     let mut record = node::load(&leader.leadership, &caller.id).await?;
     record.node.status = Some(status);
-    node::save(&leader.leadership, &record).await?;
+    node::update(&leader.leadership, &record).await?;
     Ok(UpdateNodeStatusResponse {})
 }
 
@@ -86,7 +86,7 @@ pub(super) fn heartbeat(
 /// deleted node whose certificate still authenticates does not leave a live-looking entry in
 /// the leader's memory, and learns at once that it no longer belongs to the cluster.
 async fn beat(leader: &Leader, id: &str) -> Result<(), Status> {
-    if load_opt(&leader.leadership, id).await?.is_none() {
+    if node::load_opt(&leader.leadership, id).await?.is_none() {
         return Err(Status::not_found(format!(
             "node {id} does not exist (anymore)"
         )));
@@ -126,8 +126,7 @@ pub(super) async fn report_decommission(
     else {
         return Ok(ReportDecommissionResponse {});
     };
-    record.set_state(next);
-    node::save(&leader.leadership, &record).await?;
+    node::set_state(&leader.leadership, &mut record, next).await?;
     tracing::info!(
         "node {} reported {}: now {}",
         caller.id,
@@ -187,6 +186,32 @@ mod tests {
         for s in [S::Up, S::New, S::Standby, S::Invalid] {
             assert!(decommission_transition(Stage::Started, s).is_err());
             assert!(decommission_transition(Stage::Done, s).is_err());
+        }
+    }
+
+    /// Every move a report makes is one the lifecycle table allows, so none is refused by
+    /// the state layer after the handler accepted it.
+    #[test]
+    fn reports_follow_the_lifecycle_table() {
+        use NodeState as S;
+        let states = [
+            S::Invalid,
+            S::New,
+            S::Standby,
+            S::Up,
+            S::DecommissionRequested,
+            S::Decommissioning,
+            S::Decommissioned,
+        ];
+        for stage in [Stage::Started, Stage::Done] {
+            for from in states {
+                if let Ok(Some(to)) = decommission_transition(stage, from) {
+                    assert!(
+                        crate::state::lifecycle::allowed(Some(from), to),
+                        "{stage:?}: {from:?} → {to:?}"
+                    );
+                }
+            }
         }
     }
 }

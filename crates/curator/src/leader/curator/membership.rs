@@ -6,7 +6,6 @@ use proto::curator_api::get_consensus_status_response::EtcdMember;
 use proto::curator_api::get_consensus_status_response::etcd_member::Status as MemberStatus;
 use tonic::Status;
 
-use crate::election::etcd_status;
 use crate::leader::Leader;
 
 /// GetConsensusStatus: one entry per etcd member.
@@ -18,7 +17,7 @@ pub(super) async fn get_consensus_status(
         .client()
         .member_list()
         .await
-        .map_err(etcd_status)?;
+        .map_err(|e| Status::unavailable(format!("etcd: {e}")))?;
     let etcd_member = members
         .members()
         .iter()

@@ -4,9 +4,8 @@
 //! key for JoinNode.
 
 use identity::PublicKey;
-use kv::etcd_client::TxnOp;
-use prost::Message;
 use proto::common::cluster_configuration::TpmMode;
+use proto::common::node_labels::Pair;
 use proto::common::{
     ClusterConfiguration, NodeLabels, NodeState, NodeStorageSecurity, NodeTpmUsage,
 };
@@ -18,16 +17,14 @@ use proto::curator_private::Node;
 use rpc::PeerInfo;
 use tonic::Status;
 
-use super::{load_opt, state_name};
+use super::state_name;
 use crate::election::Leadership;
 use crate::leader::Leader;
-use crate::state::node::{self, JOIN_KEYS_PREFIX, NodeRecord};
-use crate::state::{cluster, pki};
+use crate::state::node::{self, NodeRecord};
+use crate::state::{StateError, cluster, pki};
 
 /// Length of a cluster unlock key.
 const CLUSTER_UNLOCK_KEY_LEN: usize = 32;
-/// Most labels a node keeps (spec 4.4).
-const MAX_LABELS: usize = 128;
 
 /// RegisterNode: creates the caller's node in state NEW.
 pub(super) async fn register_node(
@@ -53,7 +50,7 @@ pub(super) async fn register_node(
     let id = identity::node_id(&node_key);
     ensure_join_key_free(l, &join_key, &id).await?;
 
-    let record = match load_opt(l, &id).await? {
+    let record = match node::load_opt(l, &id).await? {
         Some(existing) if existing.state() == NodeState::New => {
             retry_registration(l, existing, &join_key, tpm_usage).await?
         }
@@ -64,17 +61,16 @@ pub(super) async fn register_node(
             )));
         }
         None => {
-            let record = NodeRecord::new(
+            let mut record = NodeRecord::new(
                 &node_key,
                 Node {
                     join_key: join_key.as_bytes().to_vec(),
-                    fsm_state: NodeState::New as i32,
                     tpm_usage: tpm_usage as i32,
-                    labels: valid_labels(req.labels),
+                    labels: registration_labels(&id, req.labels),
                     ..Default::default()
                 },
             );
-            node::save(l, &record).await?;
+            node::create(l, &mut record, NodeState::New).await?;
             tracing::info!("node {id} registered (NEW)");
             record
         }
@@ -105,38 +101,25 @@ async fn retry_registration(
     join_key: &PublicKey,
     tpm_usage: NodeTpmUsage,
 ) -> Result<NodeRecord, Status> {
-    let old_join_key = std::mem::replace(&mut record.node.join_key, join_key.as_bytes().to_vec());
     record.node.tpm_usage = tpm_usage as i32;
-    let mut ops = vec![
-        TxnOp::put(record.key(), record.node.encode_to_vec(), None),
-        TxnOp::put(join_key_index(join_key.as_bytes()), record.id.clone(), None),
-    ];
-    if !old_join_key.is_empty() && old_join_key != record.node.join_key {
-        ops.push(TxnOp::delete(join_key_index(&old_join_key), None));
-    }
-    l.txn(ops).await?;
+    node::replace_join_key(l, &mut record, join_key.as_bytes()).await?;
     Ok(record)
 }
 
 /// Refuses a join key that another node already uses. Upstream overwrites the index entry
 /// (a TODO there), which would let a registering node hijack another node's Join Flow: that
-/// node's JoinNode would then resolve to the newcomer. InvalidArgument, as for a WireGuard key
-/// used by another node.
+/// node's JoinNode would then resolve to the newcomer. Checked before anything else about
+/// the node, so the answer does not depend on whether the caller's node exists; the writes
+/// check it again atomically.
 async fn ensure_join_key_free(
     l: &Leadership,
     join_key: &PublicKey,
     id: &str,
 ) -> Result<(), Status> {
-    match l.get(&join_key_index(join_key.as_bytes())).await? {
-        Some(owner) if owner != id.as_bytes() => Err(Status::invalid_argument(
-            "join key is already used by another node",
-        )),
+    match node::join_key_owner(l, join_key.as_bytes()).await? {
+        Some(owner) if owner != id => Err(StateError::JoinKeyInUse { owner }.into()),
         _ => Ok(()),
     }
-}
-
-fn join_key_index(join_key: &[u8]) -> String {
-    format!("{JOIN_KEYS_PREFIX}{}", hex::encode(join_key))
 }
 
 /// Checks the register ticket (created on first use) in constant time; PermissionDenied on a
@@ -166,58 +149,30 @@ fn ticket_matches(expected: &[u8], given: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The labels a registering node asked for ([HEAD]): invalid ones and repeated keys are
-/// skipped, at most [`MAX_LABELS`] kept; `None` if none remain.
-fn valid_labels(labels: Option<NodeLabels>) -> Option<NodeLabels> {
-    let mut kept: Vec<proto::common::node_labels::Pair> = Vec::new();
-    for pair in labels.map(|l| l.pairs).unwrap_or_default() {
-        if kept.len() == MAX_LABELS {
-            break;
-        }
-        if valid_label_key(&pair.key)
-            && valid_label_value(&pair.value)
-            && !kept.iter().any(|p| p.key == pair.key)
-        {
-            kept.push(pair);
-        }
+/// The labels a registering node keeps ([HEAD]). Invalid ones, repeats of an earlier key and
+/// those beyond the first 128 are dropped and logged rather than refused, as upstream HEAD
+/// does: the labels come from the node's NodeParameters, which the node cannot change, so a
+/// refusal would lock it out of the cluster for good, while a dropped label is one
+/// UpdateNodeLabels away from fixed. metroctl checks labels before it writes them into
+/// NodeParameters, so with our tools nothing is dropped here. `None` if none remain.
+fn registration_labels(id: &str, given: Option<NodeLabels>) -> Option<NodeLabels> {
+    let given = given.map(|l| l.pairs).unwrap_or_default();
+    let filtered =
+        labels::filter_registration(given.iter().map(|p| (p.key.as_str(), p.value.as_str())));
+    for (key, value, why) in &filtered.skipped {
+        tracing::warn!(
+            "node {id} registered with label {key:?}={value:?}, which is dropped: {why}"
+        );
     }
-    (!kept.is_empty()).then_some(NodeLabels { pairs: kept })
-}
-
-/// A label key: an optional DNS name prefix and `/`, then a name (spec 4.4).
-fn valid_label_key(key: &str) -> bool {
-    match key.split_once('/') {
-        Some((prefix, name)) => valid_dns_name(prefix) && valid_label_name(name),
-        None => valid_label_name(key),
-    }
-}
-
-/// A label value: empty, or like a name.
-fn valid_label_value(value: &str) -> bool {
-    value.is_empty() || valid_label_name(value)
-}
-
-/// 1–63 characters of `[a-zA-Z0-9._-]`, starting and ending alphanumeric.
-fn valid_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    (1..=63).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-}
-
-/// A DNS name of lowercase RFC 1123 labels, at most 253 characters.
-fn valid_dns_name(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|label| {
-            let b = label.as_bytes();
-            (1..=63).contains(&b.len())
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-                && b.first().is_some_and(|c| *c != b'-')
-                && b.last().is_some_and(|c| *c != b'-')
+    let pairs: Vec<Pair> = filtered
+        .kept
+        .into_iter()
+        .map(|(key, value)| Pair {
+            key: key.to_string(),
+            value: value.to_string(),
         })
+        .collect();
+    (!pairs.is_empty()).then_some(NodeLabels { pairs })
 }
 
 /// CommitNode: an approved (STANDBY) node hands over its cluster unlock key and receives its
@@ -252,9 +207,8 @@ pub(super) async fn commit_node(
     // certificate (stored per key) comes back unchanged.
     let ca_certificate = pki::ensure_ca(leader.ns()).await?;
     let node_certificate = pki::ensure_node_certificate(leader.ns(), &node_key).await?;
-    record.set_state(NodeState::Up);
     record.node.cluster_unlock_key = req.cluster_unlock_key;
-    node::save(l, &record).await?;
+    node::set_state(l, &mut record, NodeState::Up).await?;
     tracing::info!("node {id} committed (UP)");
     Ok(CommitNodeResponse {
         ca_certificate,
@@ -362,7 +316,6 @@ fn check_sealing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::common::node_labels::Pair;
 
     #[test]
     fn ticket_comparison() {
@@ -389,18 +342,30 @@ mod tests {
                 pair(&"k".repeat(64), "v"),
             ],
         };
-        let kept = valid_labels(Some(given)).expect("some kept");
+        let kept = registration_labels("metropolis-aa", Some(given)).expect("some kept");
         assert_eq!(
             kept.pairs,
             vec![pair("rack", "r1"), pair("example.com/zone", "")]
         );
-        assert!(valid_labels(None).is_none());
+        assert!(registration_labels("metropolis-aa", None).is_none());
+        assert!(
+            registration_labels(
+                "metropolis-aa",
+                Some(NodeLabels {
+                    pairs: vec![pair("-bad", "")]
+                })
+            )
+            .is_none()
+        );
         let many = NodeLabels {
             pairs: (0..200).map(|i| pair(&format!("k{i}"), "v")).collect(),
         };
         assert_eq!(
-            valid_labels(Some(many)).expect("kept").pairs.len(),
-            MAX_LABELS
+            registration_labels("metropolis-aa", Some(many))
+                .expect("kept")
+                .pairs
+                .len(),
+            labels::MAX_LABELS_PER_NODE
         );
     }
 
@@ -420,12 +385,14 @@ mod tests {
             tpm_mode: mode as i32,
             ..Default::default()
         };
-        let record = |usage: NodeTpmUsage| NodeRecord {
-            id: "metropolis-00".into(),
-            node: Node {
-                tpm_usage: usage as i32,
-                ..Default::default()
-            },
+        let record = |usage: NodeTpmUsage| {
+            NodeRecord::new(
+                &identity::PublicKey::from_bytes([0; 32]),
+                Node {
+                    tpm_usage: usage as i32,
+                    ..Default::default()
+                },
+            )
         };
         let used = record(NodeTpmUsage::NodeTpmPresentAndUsed);
         let unused = record(NodeTpmUsage::NodeTpmPresentButUnused);

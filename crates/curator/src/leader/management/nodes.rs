@@ -1,0 +1,291 @@
+//! The node lifecycle as a manager drives it: listing nodes with their health (GetNodes),
+//! admitting them (ApproveNode), retiring them (DecommissionNode, ours) and removing them
+//! (DeleteNode). State changes go through [`node::set_state`], i.e. the lifecycle table.
+
+use std::time::Instant;
+
+use proto::api::{
+    self, ApproveNodeRequest, ApproveNodeResponse, DecommissionNodeRequest,
+    DecommissionNodeResponse, DeleteNodeRequest, DeleteNodeResponse, GetNodesRequest,
+};
+use proto::common::node_roles::ConsensusMember;
+use proto::common::{NodeLabels, NodeRoles, NodeState};
+use tonic::Status;
+use tonic::codegen::BoxStream;
+
+use super::labels::sorted;
+use super::{is_decommissioning, node_id, reported_address, role_names, state_name};
+use crate::health::{self, Heartbeats};
+use crate::leader::Leader;
+use crate::leader::filter::NodeFilter;
+use crate::state::{NodeRecord, node, pki};
+
+/// Every node (or those the CEL filter selects) with its health, from one read.
+pub(super) async fn get_nodes(
+    leader: &Leader,
+    req: GetNodesRequest,
+) -> Result<BoxStream<api::Node>, Status> {
+    // Compile first: a broken filter costs no etcd read.
+    let filter = NodeFilter::compile(&req.filter)?;
+    let records = {
+        let _guard = leader.nodes_lock.lock().await;
+        node::load_all(&leader.leadership).await?
+    };
+    // One instant for all nodes, as upstream, so their heartbeat ages are comparable.
+    let now = leader.heartbeats.now();
+    let nodes = records
+        .iter()
+        .map(|r| api_node(r, &leader.heartbeats, now))
+        .collect();
+    // Evaluated before streaming, so a filter error is the call's status rather than a stream
+    // cut off halfway.
+    let selected = filter.select(nodes)?;
+    Ok(Box::pin(futures::stream::iter(
+        selected.into_iter().map(Ok),
+    )))
+}
+
+/// NEW → STANDBY; STANDBY and UP are already approved (idempotent).
+pub(super) async fn approve_node(
+    leader: &Leader,
+    req: ApproveNodeRequest,
+) -> Result<ApproveNodeResponse, Status> {
+    let id = node_id(Some(&req.pubkey), None)?;
+    let _guard = leader.nodes_lock.lock().await;
+    let mut record = node::load(&leader.leadership, &id).await?;
+    match record.state() {
+        NodeState::Standby | NodeState::Up => {}
+        NodeState::New => {
+            node::set_state(&leader.leadership, &mut record, NodeState::Standby).await?;
+            tracing::info!("approved node {id} (NEW → STANDBY)");
+        }
+        _ => {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is {}; only a NEW node can be approved (STANDBY and UP nodes already are)",
+                state_name(&record)
+            )));
+        }
+    }
+    Ok(ApproveNodeResponse {})
+}
+
+/// Ours (upstream: Unimplemented): UP and role-less → DECOMMISSION_REQUESTED. The node sees
+/// that through Curator.Watch, wipes itself and reports progress with
+/// Curator.ReportDecommission (DECOMMISSIONING, then DECOMMISSIONED).
+pub(super) async fn decommission_node(
+    leader: &Leader,
+    req: DecommissionNodeRequest,
+) -> Result<DecommissionNodeResponse, Status> {
+    use api::decommission_node_request::Node as Which;
+    let id = match &req.node {
+        Some(Which::Pubkey(pk)) => node_id(Some(pk), None)?,
+        Some(Which::Id(id)) => node_id(None, Some(id))?,
+        None => node_id(None, None)?,
+    };
+    let _guard = leader.nodes_lock.lock().await;
+    let mut record = node::load(&leader.leadership, &id).await?;
+    if is_decommissioning(record.state()) {
+        // Idempotent: the request has already been made.
+        return Ok(DecommissionNodeResponse {});
+    }
+    check_decommissionable(&record)?;
+    node::set_state(
+        &leader.leadership,
+        &mut record,
+        NodeState::DecommissionRequested,
+    )
+    .await?;
+    tracing::info!("decommissioning of node {id} requested (UP → DECOMMISSION_REQUESTED)");
+    Ok(DecommissionNodeResponse {})
+}
+
+/// Removes a node: its record and join-key index entry in one transaction. Beyond upstream,
+/// which leaves a deleted node able to authenticate: its certificate is revoked (and the
+/// issued copy dropped), its heartbeats forgotten and its etcd member removed.
+pub(super) async fn delete_node(
+    leader: &Leader,
+    req: DeleteNodeRequest,
+) -> Result<DeleteNodeResponse, Status> {
+    use api::delete_node_request::Node as Which;
+    let id = match &req.node {
+        Some(Which::Pubkey(pk)) => node_id(Some(pk), None)?,
+        Some(Which::Id(id)) => node_id(None, Some(id))?,
+        None => node_id(None, None)?,
+    };
+    refuse_leader_deletion(leader, &id)?;
+    let _guard = leader.nodes_lock.lock().await;
+    let record = node::load(&leader.leadership, &id).await?;
+    check_deletable(
+        &record,
+        req.safety_bypass_has_roles.is_some(),
+        req.safety_bypass_not_decommissioned.is_some(),
+    )?;
+
+    // Revoke before deleting (upstream revokes nothing): revocation is idempotent, so if the
+    // deletion then fails the caller's retry revokes again (a no-op) and deletes. In the other
+    // order a failed revocation after a successful deletion could not be retried (the retry
+    // finds no node) and the node would keep authenticating.
+    let serial = pki::revoke_node(leader.ns(), &record.public_key()?).await?;
+    node::delete(&leader.leadership, &record).await?;
+    // Refuse the node here from its very next call; other curators learn it from the CRL
+    // watch within milliseconds.
+    if let Some(serial) = serial {
+        leader.revocations.revoke_serial(&serial);
+    }
+    leader.heartbeats.forget(&id);
+    tracing::info!(
+        "deleted node {id} (was {}); its certificate is revoked",
+        state_name(&record)
+    );
+
+    // Also called for nodes without the ConsensusMember role: it removes a learner left
+    // behind by an interrupted UpdateNodeRoles, and is a no-op for non-members. Failures are
+    // only logged: the record is already gone, so failing the call would make the caller
+    // retry into NotFound. A stale member is visible in etcd's member list and can be removed
+    // by hand; a dead learner only blocks new learners, a dead voter counts against quorum.
+    match leader
+        .consensus
+        .remove_node(&id, reported_address(&record))
+        .await
+    {
+        Ok(true) => tracing::info!("removed the etcd member of deleted node {id}"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!("deleted node {id}, but could not remove its etcd member: {e}")
+        }
+    }
+    Ok(DeleteNodeResponse {})
+}
+
+/// Deleting the node that serves this call is refused (ours; upstream only refuses it
+/// indirectly, through the leader's roles, and not at all with the has-roles bypass). It
+/// would revoke the certificate the leader serves with and remove the etcd member its
+/// leadership lives on, mid-call, with nobody in charge to finish the cleanup.
+fn refuse_leader_deletion(leader: &Leader, id: &str) -> Result<(), Status> {
+    if id == leader.credentials.node_id() {
+        return Err(Status::failed_precondition(format!(
+            "node {id} is the current curator leader and cannot delete itself; remove its roles \
+             (metroctl node remove role KubernetesController {id}, then ConsensusMember) so \
+             another node leads, then delete it"
+        )));
+    }
+    Ok(())
+}
+
+/// DecommissionNode's preconditions: UP, no roles.
+fn check_decommissionable(record: &NodeRecord) -> Result<(), Status> {
+    let id = &record.id;
+    if record.state() != NodeState::Up {
+        let hint = match record.state() {
+            NodeState::New | NodeState::Standby => {
+                format!(
+                    "; a node that never joined needs no decommissioning: metroctl node delete {id}"
+                )
+            }
+            _ => String::new(),
+        };
+        return Err(Status::failed_precondition(format!(
+            "node {id} is {}; only an UP node can be decommissioned{hint}",
+            state_name(record)
+        )));
+    }
+    if record.has_roles() {
+        let roles = role_names(record.node.roles.as_ref());
+        return Err(Status::failed_precondition(format!(
+            "node {id} still has roles ({roles}); a node must have none to be decommissioned. Remove them \
+             first: metroctl node remove role <role> {id}"
+        )));
+    }
+    Ok(())
+}
+
+/// DeleteNode's preconditions (spec 4.8) with the safety bypasses.
+fn check_deletable(
+    record: &NodeRecord,
+    bypass_has_roles: bool,
+    bypass_not_decommissioned: bool,
+) -> Result<(), Status> {
+    let id = &record.id;
+    if !bypass_has_roles {
+        let roles = record.roles();
+        // Upstream's order: the most dangerous role is named.
+        let held = [
+            (roles.consensus_member.is_some(), "ConsensusMember"),
+            (
+                roles.kubernetes_controller.is_some(),
+                "KubernetesController",
+            ),
+            (roles.kubernetes_worker.is_some(), "KubernetesWorker"),
+        ];
+        if let Some((_, role)) = held.iter().find(|(has, _)| *has) {
+            return Err(Status::failed_precondition(format!(
+                "node {id} still has the {role} role; remove it first (metroctl node remove role {role} {id}) \
+                 or, for a node that is gone for good, delete with --bypass-has-roles"
+            )));
+        }
+    }
+    match record.state() {
+        NodeState::New | NodeState::Standby | NodeState::Decommissioned => Ok(()),
+        NodeState::Up if bypass_not_decommissioned => Ok(()),
+        NodeState::Up => Err(Status::failed_precondition(format!(
+            "node {id} is UP and must be decommissioned first (metroctl node decommission {id}, then wait for \
+             DECOMMISSIONED); for a node that is unreachable, delete with --bypass-not-decommissioned"
+        ))),
+        // Ours: the node is wiping itself; deleting it now would cut it off before it reports
+        // DECOMMISSIONED, so wait unless told otherwise.
+        NodeState::DecommissionRequested | NodeState::Decommissioning
+            if bypass_not_decommissioned =>
+        {
+            Ok(())
+        }
+        NodeState::DecommissionRequested | NodeState::Decommissioning => {
+            Err(Status::failed_precondition(format!(
+                "node {id} is {}: decommissioning in progress; wait until it is DECOMMISSIONED, or delete with \
+             --bypass-not-decommissioned if it will never finish",
+                state_name(record)
+            )))
+        }
+        NodeState::Invalid => Err(Status::internal(format!(
+            "node {id} has an invalid state ({})",
+            state_name(record)
+        ))),
+    }
+}
+
+/// The node as GetNodes shows it: roles reduced to presence markers (no certificates or
+/// peers), health at `now`, labels sorted by key.
+fn api_node(r: &NodeRecord, heartbeats: &Heartbeats, now: Instant) -> api::Node {
+    let (health, since) = heartbeats.health(&r.id, r.state(), now);
+    api::Node {
+        pubkey: r.node.public_key.clone(),
+        id: r.id.clone(),
+        state: r.node.fsm_state,
+        status: r.node.status.clone(),
+        roles: Some(presence(&r.roles())),
+        health: health as i32,
+        time_since_heartbeat: Some(health::to_proto(since)),
+        tpm_usage: r.node.tpm_usage,
+        labels: Some(NodeLabels {
+            pairs: sorted(
+                r.node
+                    .labels
+                    .as_ref()
+                    .map(|l| l.pairs.clone())
+                    .unwrap_or_default(),
+            ),
+        }),
+    }
+}
+
+/// Roles with the ConsensusMember data stripped: managers see who holds which role, not the
+/// etcd certificates.
+fn presence(roles: &NodeRoles) -> NodeRoles {
+    NodeRoles {
+        kubernetes_worker: roles.kubernetes_worker,
+        consensus_member: roles
+            .consensus_member
+            .as_ref()
+            .map(|_| ConsensusMember::default()),
+        kubernetes_controller: roles.kubernetes_controller,
+    }
+}
