@@ -175,7 +175,9 @@ esp/metropolis/parameters.pb, start the node, then approve it (metroctl approve)
     NodeParams {
         /// Where to write the parameters.
         file: PathBuf,
-        /// Label the node registers with, KEY=VALUE (repeatable).
+        /// Label the node registers with, KEY=VALUE (repeatable). Keys are an optional
+        /// lowercase DNS name and '/', then a name (e.g. example.com/zone); checked here,
+        /// because the cluster drops invalid labels when the node registers.
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },

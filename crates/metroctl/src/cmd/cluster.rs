@@ -279,7 +279,9 @@ fn storage_value(p: StoragePolicy) -> StorageSecurityPolicy {
     }
 }
 
-/// `KEY=VALUE` labels (validated by the cluster when the node registers).
+/// `KEY=VALUE` labels, checked against the cluster's label rules before anything is written:
+/// the cluster silently drops labels it does not accept when the node registers (the node
+/// cannot fix its parameters then), so a mistake is caught here or not at all.
 fn parse_labels(labels: &[String]) -> Result<Option<NodeLabels>> {
     if labels.is_empty() {
         return Ok(None);
@@ -296,6 +298,16 @@ fn parse_labels(labels: &[String]) -> Result<Option<NodeLabels>> {
                 .ok_or_else(|| Error::usage(format!("label {l:?} is not KEY=VALUE")))
         })
         .collect::<Result<Vec<_>>>()?;
+    ::labels::check_set(pairs.iter().map(|p| (p.key.as_str(), p.value.as_str()))).map_err(|e| {
+        Error::usage(format!(
+            "--label: {e}.\nA label key is an optional lowercase DNS name and '/' (e.g. \
+             example.com/zone), then a name of 1-{max} letters, digits, '-', '_' or '.' that \
+             starts and ends with a letter or digit; a value is empty or like a name; a node \
+             has at most {count} labels.",
+            max = ::labels::MAX_NAME_LENGTH,
+            count = ::labels::MAX_LABELS_PER_NODE,
+        ))
+    })?;
     Ok(Some(NodeLabels { pairs }))
 }
 
@@ -323,6 +335,34 @@ mod tests {
         assert!(parse_labels(&["novalue".into()]).is_err());
         assert!(parse_labels(&["=v".into()]).is_err());
         assert_eq!(parse_labels(&[]).expect("ok"), None);
+        let l = parse_labels(&["example.com/zone=a-1".into()])
+            .expect("prefixed key")
+            .expect("some");
+        assert_eq!(l.pairs[0].key, "example.com/zone");
+    }
+
+    /// The cluster would drop these at registration; metroctl refuses them up front, naming
+    /// the label and the rule.
+    #[test]
+    fn invalid_labels_are_refused_before_writing() {
+        for (arg, names) in [
+            ("Example.com/x=v", "Example.com/x"),
+            ("zone=a b", "a b"),
+            ("-zone=a", "-zone"),
+            ("1.2.3.4/x=v", "1.2.3.4/x"),
+        ] {
+            let e = parse_labels(&[arg.into()]).expect_err(arg);
+            assert_eq!(e.kind, crate::error::Kind::Usage, "{arg}");
+            assert!(e.message.contains(names), "{arg}: {}", e.message);
+            assert!(e.message.contains("DNS name"), "{arg}: {}", e.message);
+        }
+        let e = parse_labels(&["zone=a".into(), "zone=b".into()]).expect_err("duplicate");
+        assert!(e.message.contains("given twice"), "{}", e.message);
+        let many: Vec<String> = (0..=::labels::MAX_LABELS_PER_NODE)
+            .map(|i| format!("k{i}=v"))
+            .collect();
+        let e = parse_labels(&many).expect_err("too many");
+        assert!(e.message.contains("at most"), "{}", e.message);
     }
 
     #[test]

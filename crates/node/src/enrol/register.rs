@@ -104,6 +104,20 @@ pub async fn run(rs: &Roleserve, r: &ClusterRegister) -> Result<(), Exit> {
     Ok(())
 }
 
+/// Logs the labels the cluster will drop when this node registers (it keeps the valid ones
+/// and registers the node anyway), so the operator finds out on the node too and can set them
+/// afterwards with UpdateNodeLabels.
+fn warn_dropped_labels(given: Option<&NodeLabels>) {
+    let pairs = given.map(|l| l.pairs.as_slice()).unwrap_or_default();
+    let filtered =
+        labels::filter_registration(pairs.iter().map(|p| (p.key.as_str(), p.value.as_str())));
+    for (key, value, why) in filtered.skipped {
+        tracing::warn!(
+            "NodeParameters label {key:?}={value:?} will be dropped by the cluster: {why}"
+        );
+    }
+}
+
 /// RegisterNode, retried while the cluster is unreachable; returns the storage security to
 /// set up.
 async fn register_node(
@@ -112,6 +126,7 @@ async fn register_node(
     join_key: &SigningKey,
     labels: Option<NodeLabels>,
 ) -> Result<NodeStorageSecurity, Exit> {
+    warn_dropped_labels(labels.as_ref());
     let request = RegisterNodeRequest {
         register_ticket: ticket.to_vec(),
         join_key: join_key.public_key().as_bytes().to_vec(),
