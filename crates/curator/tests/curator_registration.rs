@@ -533,3 +533,71 @@ async fn commit_storage_policy() {
     .expect("commit");
     t.stop().await;
 }
+
+/// RegisterNode and UpdateNodeLabels apply the same label rules: what registration drops,
+/// UpdateNodeLabels refuses, and what one keeps the other accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_labels_follow_the_label_rules() {
+    use proto::api::{UpdateNodeLabelsRequest, update_node_labels_request};
+    use proto::common::NodeLabels;
+    use proto::common::node_labels::Pair;
+
+    let t = TestLeader::start("127.86.22").await;
+    let pair = |k: &str, v: &str| Pair {
+        key: k.to_string(),
+        value: v.to_string(),
+    };
+    let ticket = register_ticket(&t).await;
+    let (node_key, join_key) = (key(), key());
+    let mut req = register_request(&ticket, &join_key, false);
+    req.labels = Some(NodeLabels {
+        pairs: vec![
+            pair("rack", "r1"),
+            pair("example.com/zone", ""),
+            pair("Example.com/x", "v"),
+            pair("1.2.3.4/ip", "v"),
+            pair("rack", "again"),
+            pair("bad", "a b"),
+        ],
+    });
+    register(&t, &node_key, req)
+        .await
+        .expect("registration is not refused for invalid labels");
+    let stored = load(&t, &id_of(&node_key)).await;
+    assert_eq!(
+        stored.node.labels.expect("labels").pairs,
+        vec![pair("rack", "r1"), pair("example.com/zone", "")],
+        "invalid and repeated labels are dropped, the rest kept in order"
+    );
+
+    let mut mgmt = management(t.owner().await);
+    let update = |upsert: Vec<Pair>| UpdateNodeLabelsRequest {
+        node: Some(update_node_labels_request::Node::Id(id_of(&node_key))),
+        upsert,
+        delete: Vec::new(),
+    };
+    for dropped in [
+        pair("Example.com/x", "v"),
+        pair("1.2.3.4/ip", "v"),
+        pair("bad", "a b"),
+    ] {
+        assert_eq!(
+            code(mgmt.update_node_labels(update(vec![dropped.clone()])).await),
+            Code::InvalidArgument,
+            "{dropped:?}"
+        );
+    }
+    mgmt.update_node_labels(update(vec![pair("example.com/zone", "z1")]))
+        .await
+        .expect("a label registration keeps is accepted");
+    assert_eq!(
+        load(&t, &id_of(&node_key))
+            .await
+            .node
+            .labels
+            .expect("labels")
+            .pairs,
+        vec![pair("example.com/zone", "z1"), pair("rack", "r1")]
+    );
+    t.stop().await;
+}
