@@ -149,6 +149,21 @@ async fn states_change_only_along_the_table() {
         Ok(NodeState::Up)
     );
 
+    // So is a join key changed without the index check.
+    let mut loaded = node::load(l, &r.id).await.expect("load");
+    loaded.node.join_key = t.join_key.public_key().as_bytes().to_vec();
+    assert!(matches!(
+        node::update(l, &loaded).await,
+        Err(StateError::Internal(_))
+    ));
+    assert_eq!(
+        node::id_by_join_key(l, t.join_key.public_key().as_bytes())
+            .await
+            .as_deref(),
+        Ok(t.node_id().as_str()),
+        "the bootstrap node keeps its join key"
+    );
+
     // Other changes go through update.
     let mut loaded = node::load(l, &r.id).await.expect("load");
     loaded.node.tpm_usage = 2;

@@ -28,10 +28,29 @@ pub const JOIN_KEYS_PREFIX: &str = "/join_keys/";
 pub struct NodeRecord {
     /// `metropolis-…`.
     pub id: String,
-    /// The stored record. Its `fsm_state` is changed through [`set_state`] only.
+    /// The stored record. Its `fsm_state` is changed through [`set_state`] only, its
+    /// `join_key` through [`replace_join_key`] only.
     pub node: Node,
-    /// The raw state as last read or written; `None` for a record not stored yet.
-    stored_state: Option<i32>,
+    /// What was last read or written; `None` for a record not stored yet.
+    stored: Option<Stored>,
+}
+
+/// The fields of a stored record that [`update`] must not change.
+#[derive(Debug, Clone, PartialEq)]
+struct Stored {
+    /// The raw state.
+    state: i32,
+    /// The join key (its index entry is written with the record).
+    join_key: Vec<u8>,
+}
+
+impl Stored {
+    fn of(node: &Node) -> Self {
+        Self {
+            state: node.fsm_state,
+            join_key: node.join_key.clone(),
+        }
+    }
 }
 
 impl NodeRecord {
@@ -43,7 +62,7 @@ impl NodeRecord {
                 public_key: public_key.as_bytes().to_vec(),
                 ..node
             },
-            stored_state: None,
+            stored: None,
         }
     }
 
@@ -86,7 +105,7 @@ impl NodeRecord {
         }
         Ok(Self {
             id: id.to_string(),
-            stored_state: Some(node.fsm_state),
+            stored: Some(Stored::of(&node)),
             node,
         })
     }
@@ -164,7 +183,7 @@ fn decode_logged(key: &str, value: &[u8]) -> Option<NodeRecord> {
 /// Gives a record that is not stored yet the state it is created in, if the lifecycle table
 /// lets a node start there.
 pub(super) fn enter_initial(record: &mut NodeRecord, state: NodeState) -> Result<(), StateError> {
-    if record.stored_state.is_some() {
+    if record.stored.is_some() {
         return Err(StateError::NodeExists {
             id: record.id.clone(),
         });
@@ -187,7 +206,7 @@ pub async fn create(
     let absent = Compare::create_revision(record.key(), CompareOp::Equal, 0);
     match claim_join_key(l, record, vec![absent], record.put_ops()).await? {
         Claim::Written => {
-            record.stored_state = Some(record.node.fsm_state);
+            record.stored = Some(Stored::of(&record.node));
             Ok(())
         }
         Claim::Taken(owner) => Err(StateError::JoinKeyInUse { owner }),
@@ -197,25 +216,31 @@ pub async fn create(
     }
 }
 
-/// Writes every change of a stored record except its state (see [`set_state`]), with its
-/// join-key index entry, in one transaction.
+/// Writes every change of a stored record except its state ([`set_state`]) and its join key
+/// ([`replace_join_key`]), with its join-key index entry, in one transaction.
 pub async fn update(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
-    match record.stored_state {
-        Some(s) if s == record.node.fsm_state => {}
-        Some(_) => {
-            return Err(StateError::Internal(format!(
-                "the state of node {} was changed without the lifecycle check",
-                record.id
-            )));
-        }
-        None => {
-            return Err(StateError::Internal(format!(
-                "node {} is not stored yet and cannot be updated",
-                record.id
-            )));
-        }
-    }
+    check_unchanged(record)?;
     l.txn(record.put_ops()).await.map(|_| ())
+}
+
+/// Refuses a record that is not stored yet, or whose state or join key was changed directly:
+/// those changes have their own checks.
+fn check_unchanged(record: &NodeRecord) -> Result<(), StateError> {
+    match &record.stored {
+        Some(s) if s.state == record.node.fsm_state && s.join_key == record.node.join_key => Ok(()),
+        Some(s) if s.state != record.node.fsm_state => Err(StateError::Internal(format!(
+            "the state of node {} was changed without the lifecycle check",
+            record.id
+        ))),
+        Some(_) => Err(StateError::Internal(format!(
+            "the join key of node {} was changed without the join-key index check",
+            record.id
+        ))),
+        None => Err(StateError::Internal(format!(
+            "node {} is not stored yet; create it instead",
+            record.id
+        ))),
+    }
 }
 
 /// Moves a stored record to state `to`, if the lifecycle table allows it, and writes it with
@@ -225,20 +250,27 @@ pub async fn set_state(
     record: &mut NodeRecord,
     to: NodeState,
 ) -> Result<(), StateError> {
-    let Some(from) = record.stored_state else {
-        return Err(StateError::Internal(format!(
-            "node {} is not stored yet; create it instead",
-            record.id
-        )));
+    // The state is about to change; everything else must be as stored.
+    let from = match &record.stored {
+        Some(s) => s.state,
+        None => return check_unchanged(record),
     };
-    let from = NodeState::try_from(from).unwrap_or(NodeState::Invalid);
-    lifecycle::check(&record.id, Some(from), to)?;
-    let previous = std::mem::replace(&mut record.node.fsm_state, to as i32);
-    if let Err(e) = l.txn(record.put_ops()).await {
+    let previous = std::mem::replace(&mut record.node.fsm_state, from);
+    if let Err(e) = check_unchanged(record) {
         record.node.fsm_state = previous;
         return Err(e);
     }
-    record.stored_state = Some(to as i32);
+    let from_state = NodeState::try_from(from).unwrap_or(NodeState::Invalid);
+    if let Err(e) = lifecycle::check(&record.id, Some(from_state), to) {
+        record.node.fsm_state = previous;
+        return Err(e);
+    }
+    record.node.fsm_state = to as i32;
+    if let Err(e) = l.txn(record.put_ops()).await {
+        record.node.fsm_state = from;
+        return Err(e);
+    }
+    record.stored = Some(Stored::of(&record.node));
     Ok(())
 }
 
@@ -254,12 +286,7 @@ pub async fn replace_join_key(
     if join_key.is_empty() {
         return Err(StateError::InvalidArgument("join key is empty".to_string()));
     }
-    if record.stored_state != Some(record.node.fsm_state) {
-        return Err(StateError::Internal(format!(
-            "the state of node {} was changed without the lifecycle check",
-            record.id
-        )));
-    }
+    check_unchanged(record)?;
     let old = std::mem::replace(&mut record.node.join_key, join_key.to_vec());
     let mut ops = record.put_ops();
     if !old.is_empty() && old != join_key {
@@ -267,7 +294,10 @@ pub async fn replace_join_key(
     }
     let unchanged = Compare::mod_revision(record.key(), CompareOp::Greater, 0);
     match claim_join_key(l, record, vec![unchanged], ops).await {
-        Ok(Claim::Written) => Ok(()),
+        Ok(Claim::Written) => {
+            record.stored = Some(Stored::of(&record.node));
+            Ok(())
+        }
         Ok(Claim::Taken(owner)) => {
             record.node.join_key = old;
             Err(StateError::JoinKeyInUse { owner })
