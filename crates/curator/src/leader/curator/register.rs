@@ -108,9 +108,9 @@ async fn retry_registration(
 
 /// Refuses a join key that another node already uses. Upstream overwrites the index entry
 /// (a TODO there), which would let a registering node hijack another node's Join Flow: that
-/// node's JoinNode would then resolve to the newcomer. Checked before anything else about
-/// the node, so the answer does not depend on whether the caller's node exists; the writes
-/// check it again atomically.
+/// node's JoinNode would then resolve to the newcomer. Checked before the caller's own record
+/// is looked at, so the answer does not depend on whether that exists; the writes check it
+/// again, atomically.
 async fn ensure_join_key_free(
     l: &Leadership,
     join_key: &PublicKey,
