@@ -11,6 +11,8 @@
 //! calls themselves go through rustix's safe wrappers, so the one `unsafe` block is the
 //! `pre_exec` registration and its soundness argument is about the closure alone.
 
+#![deny(unsafe_code)]
+
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
