@@ -24,7 +24,7 @@
 //! every node's output to stderr, `LAUNCH_KEEP_STATE=1` keeps temporary state directories
 //! (they are always kept when a launch fails or a test panics).
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod error;

@@ -124,13 +124,16 @@ impl fmt::Display for Exit {
                 write!(f, "exit code {code}{meaning}")
             }
             Exit::Signal(signal) => {
-                let name = match *signal {
-                    libc::SIGKILL => " (SIGKILL)",
-                    libc::SIGTERM => " (SIGTERM)",
-                    libc::SIGABRT => " (SIGABRT)",
-                    libc::SIGSEGV => " (SIGSEGV)",
-                    _ => "",
-                };
+                use rustix::process::Signal;
+                let name = [
+                    (Signal::KILL, " (SIGKILL)"),
+                    (Signal::TERM, " (SIGTERM)"),
+                    (Signal::ABORT, " (SIGABRT)"),
+                    (Signal::SEGV, " (SIGSEGV)"),
+                ]
+                .into_iter()
+                .find(|(s, _)| s.as_raw() == *signal)
+                .map_or("", |(_, name)| name);
                 write!(f, "killed by signal {signal}{name}")
             }
             Exit::Unknown(why) => write!(f, "exited, status unknown: {why}"),
@@ -909,7 +912,10 @@ mod tests {
         );
         assert_eq!(restart_delay(OnFailure, &Exit::Code(EXIT_GONE)), None);
         assert_eq!(
-            restart_delay(OnFailure, &Exit::Signal(libc::SIGSEGV)),
+            restart_delay(
+                OnFailure,
+                &Exit::Signal(rustix::process::Signal::SEGV.as_raw())
+            ),
             Some(FAILURE_REBOOT_DELAY)
         );
         assert_eq!(restart_delay(Never, &Exit::Code(EXIT_REBOOT)), None);

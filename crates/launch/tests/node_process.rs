@@ -128,7 +128,7 @@ async fn start_stop_kill_and_logs() {
     let child = read_pid(&node.dir().join("child.pid"));
     assert_eq!(
         node.kill().await.expect("kill"),
-        Exit::Signal(libc::SIGKILL)
+        Exit::Signal(rustix::process::Signal::KILL.as_raw())
     );
     wait_dead(child).await;
     assert_eq!(node.exit_code(), None);

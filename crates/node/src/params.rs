@@ -12,6 +12,7 @@ use prost::Message;
 use proto::api::NodeParameters;
 use proto::api::node_parameters::{ClusterBootstrap, ClusterRegister};
 use proto::common::{ClusterConfiguration, ClusterDirectory};
+use zeroize::Zeroizing;
 
 use crate::storage::Esp;
 
@@ -76,8 +77,8 @@ pub fn bootstrap(b: &ClusterBootstrap) -> Result<Bootstrap, String> {
 pub struct Register {
     /// The cluster CA (DER), a sane CA certificate.
     pub ca: Vec<u8>,
-    /// The register ticket.
-    pub ticket: Vec<u8>,
+    /// The register ticket, wiped when dropped.
+    pub ticket: Zeroizing<Vec<u8>>,
     /// The directory with public keys stripped (they are untrusted and unused).
     pub directory: ClusterDirectory,
 }
@@ -117,7 +118,7 @@ pub fn register(r: &ClusterRegister) -> Result<Register, String> {
     }
     Ok(Register {
         ca: r.ca_certificate.clone(),
-        ticket: r.register_ticket.clone(),
+        ticket: Zeroizing::new(r.register_ticket.clone()),
         directory,
     })
 }

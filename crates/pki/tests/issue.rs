@@ -1,4 +1,4 @@
-//! Issuing and storing certificates against a real etcd (spec §1.2, §1.3).
+//! Issuing and storing certificates against a real etcd.
 
 mod common;
 

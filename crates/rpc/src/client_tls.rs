@@ -147,8 +147,9 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// rustls takes an owned key and drops it unwiped once loaded; our own copy is wiped.
 fn pkcs8(key: &SigningKey) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_pkcs8_der()))
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_pkcs8_der().to_vec()))
 }
 
 /// A tonic endpoint for `host:port` (IPv6 hosts in brackets) with our timeouts.

@@ -1,4 +1,4 @@
-//! The BMaaS agent (spec 9.5): runs on a managed machine and keeps calling back to the BMaaS
+//! The BMaaS agent: runs on a managed machine and keeps calling back to the BMaaS
 //! server.
 //!
 //! Input is the init file (`AgentInit`: machine ID, server endpoint, optional CA, the agent's

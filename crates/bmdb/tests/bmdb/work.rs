@@ -1,4 +1,4 @@
-//! Work, its history and backoff (spec 9.3, upstream's TestWork and TestWorkBackoff).
+//! Work, its history and backoff (upstream's TestWork and TestWorkBackoff).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! A throwaway single-member etcd for tests: the real Debian `etcd` binary (3.4) in a fresh
-//! temporary directory, clients on a unix socket like a Metropolis node's member (spec §6.1).
+//! temporary directory, clients on a unix socket like a Metropolis node's member.
 //!
 //! Every test gets its own member, so tests never see each other's keys and can run in
 //! parallel. The member dies with its [`TestEtcd`] and, through PR_SET_PDEATHSIG, with the

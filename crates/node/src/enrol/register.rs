@@ -84,7 +84,7 @@ pub async fn run(rs: &Roleserve, r: &ClusterRegister) -> Result<(), Exit> {
     let data = DataDir::create(&env.layout.data, key).map_err(fatal("cannot set up storage"))?;
     contents::save_credentials(&data, &creds).map_err(fatal("cannot save node credentials"))?;
     let sealed = SealedConfiguration {
-        node_unlock_key: unlock_keys.nuk.clone(),
+        node_unlock_key: unlock_keys.nuk.to_vec(),
         join_key: join_key.to_keypair_bytes().to_vec(),
         cluster_ca: p.ca.clone(),
         storage_security: storage as i32,

@@ -250,7 +250,7 @@ async fn bootstrap(
     let data = BootstrapData {
         node_key,
         join_key: plan.join_key.public_key(),
-        cluster_unlock_key: plan.unlock_keys.cuk.clone(),
+        cluster_unlock_key: plan.unlock_keys.cuk.to_vec(),
         owner_key: plan.owner_key.as_bytes().to_vec(),
         configuration: plan.configuration.clone(),
         tpm_usage: plan.tpm_usage,

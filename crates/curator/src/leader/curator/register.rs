@@ -15,7 +15,9 @@ use proto::curator_api::{
 };
 use proto::curator_private::Node;
 use rpc::PeerInfo;
+use subtle::ConstantTimeEq;
 use tonic::Status;
+use zeroize::Zeroizing;
 
 use super::state_name;
 use crate::election::Leadership;
@@ -125,10 +127,10 @@ async fn ensure_join_key_free(
 /// Checks the register ticket (created on first use) in constant time; PermissionDenied on a
 /// mismatch.
 async fn check_ticket(leader: &Leader, given: &[u8]) -> Result<(), Status> {
-    let expected = {
+    let expected = Zeroizing::new({
         let _ticket = leader.ticket_lock.lock().await;
         cluster::ensure_register_ticket(&leader.leadership).await?
-    };
+    });
     if ticket_matches(&expected, given) {
         Ok(())
     } else {
@@ -136,17 +138,11 @@ async fn check_ticket(leader: &Leader, given: &[u8]) -> Result<(), Status> {
     }
 }
 
-/// Compares without an early exit so the time taken says nothing about how many leading bytes
-/// were right. The length is not secret (every ticket is 34 bytes).
+/// Compares in constant time, so the time taken says nothing about how many leading bytes
+/// were right. The length is not secret (every ticket is 34 bytes): a different length is
+/// rejected at once.
 fn ticket_matches(expected: &[u8], given: &[u8]) -> bool {
-    if expected.len() != given.len() {
-        return false;
-    }
-    let diff = expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    std::hint::black_box(diff) == 0
+    expected.ct_eq(given).into()
 }
 
 /// The labels a registering node keeps ([HEAD]). Invalid ones, repeats of an earlier key and
