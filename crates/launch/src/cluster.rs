@@ -26,9 +26,9 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::error::{Error, Result};
-use crate::management::Management;
 use crate::node::{Exit, Node, NodeConfig, RestartPolicy};
 use crate::owner;
+use rpc::Management;
 
 /// metroctl's owner key file (PEM "METROPOLIS INITIAL OWNER PRIVATE KEY", 0600).
 pub const OWNER_KEY_FILE: &str = "owner-key.pem";
@@ -695,6 +695,7 @@ impl Cluster {
             .with_deadline(POLL_CALL_DEADLINE)
             .get_nodes("")
             .await
+            .map_err(Error::from)
     }
 
     /// Polls GetNodes until `done` holds, failing early if a node that should be running
@@ -813,7 +814,7 @@ impl Cluster {
                 }
                 // Without GetConsensusStatus the role is all we can see; the curator check
                 // below still proves a voting member (a curator runs only on one).
-                Err(e) if e.code() == Some(Code::Unimplemented) => break,
+                Err(e) if e.code() == Code::Unimplemented => break,
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() >= deadline {

@@ -19,7 +19,9 @@ use proto::api::management_server::{Management, ManagementServer};
 use proto::api::{GetClusterInfoRequest, GetClusterInfoResponse};
 use proto::curator_api::curator_local_server::{CuratorLocal, CuratorLocalServer};
 use proto::curator_api::{GetCurrentLeaderRequest, GetCurrentLeaderResponse};
-use rpc::{ClientCredentials, LeaderChannel, LeaderOptions, RevocationSet, ServerSecurity};
+use rpc::{
+    ClientCredentials, LeaderChannel, LeaderOptions, RetryPolicy, RevocationSet, ServerSecurity,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -296,6 +298,11 @@ impl TestCluster {
     }
 }
 
+/// Up to `n` attempts, within the default deadline.
+fn up_to(n: usize) -> RetryPolicy {
+    RetryPolicy::default().with_attempts(Some(n))
+}
+
 fn short_wait() -> LeaderOptions {
     LeaderOptions {
         wait_timeout: Duration::from_secs(2),
@@ -489,7 +496,7 @@ async fn a_leader_without_address_is_reached_through_the_override() {
 }
 
 #[tokio::test]
-async fn call_with_retry_survives_an_unavailable_answer() {
+async fn calls_survive_an_unavailable_answer() {
     let cluster = TestCluster::new(3);
     let lc = cluster.client(&[1], LeaderOptions::default());
     wait_answered_by(&lc, &cluster.id(0)).await;
@@ -500,7 +507,7 @@ async fn call_with_retry_survives_an_unavailable_answer() {
         .fail_next
         .store(1, Ordering::SeqCst);
     let before = cluster.nodes[0].curator.calls.load(Ordering::SeqCst);
-    let got = lc.call_with_retry(3, answered_by).await.expect("retried");
+    let got = lc.call(&up_to(3), answered_by).await.expect("retried");
     assert_eq!(got, cluster.id(0));
     assert_eq!(
         cluster.nodes[0].curator.calls.load(Ordering::SeqCst) - before,
@@ -512,17 +519,14 @@ async fn call_with_retry_survives_an_unavailable_answer() {
         .curator
         .fail_next
         .store(1, Ordering::SeqCst);
-    let status = lc
-        .call_with_retry(1, answered_by)
-        .await
-        .expect_err("no retry");
+    let status = lc.call(&up_to(1), answered_by).await.expect_err("no retry");
     assert_eq!(status.code(), Code::Unavailable);
 
     // Leadership moves while the first attempt is under way: it reaches a follower, which
     // answers "not the leader", and a later attempt reaches the new leader.
     let attempts = AtomicUsize::new(0);
     let got = lc
-        .call_with_retry(20, |channel| {
+        .call(&up_to(20), |channel| {
             if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
                 cluster.elect(2);
             }
@@ -536,7 +540,7 @@ async fn call_with_retry_survives_an_unavailable_answer() {
     // Upstream followers answer Unimplemented: retried only once a new leader is known.
     let attempts = AtomicUsize::new(0);
     let got = lc
-        .call_with_retry(3, |channel| {
+        .call(&up_to(3), |channel| {
             let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
             let mut leader = lc.watch();
             let new_leader = cluster.id(1);
@@ -563,7 +567,7 @@ async fn call_with_retry_survives_an_unavailable_answer() {
     // Other failures, and Unimplemented from the current leader, are not retried.
     let attempts = AtomicUsize::new(0);
     let status = lc
-        .call_with_retry(5, |_| {
+        .call(&up_to(5), |_| {
             attempts.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>(Status::unimplemented("really")) }
         })
@@ -573,7 +577,7 @@ async fn call_with_retry_survives_an_unavailable_answer() {
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
     let attempts = AtomicUsize::new(0);
     let status = lc
-        .call_with_retry(5, |_| {
+        .call(&up_to(5), |_| {
             attempts.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>(Status::permission_denied("no")) }
         })
