@@ -51,6 +51,7 @@ use tonic::{Code, Status};
 
 use crate::Error;
 use crate::client_tls::{self, ClientCredentials, ServerVerification};
+use crate::error::error_chain;
 use crate::retry::{Backoff, Delays, RetryPolicy, Run, is_transient};
 
 /// Default for [`LeaderOptions::wait_timeout`].
@@ -394,23 +395,6 @@ impl From<Status> for DiscoveryError {
     fn from(status: Status) -> Self {
         DiscoveryError::Call(status.code(), status.message().to_string())
     }
-}
-
-/// An error with its sources: tonic's transport errors say only "transport error" at the top,
-/// the reason (certificate refused, connection refused) is further down. Causes whose text is
-/// already there (several layers repeat their source's message) are left out.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `host:port`, with IPv6 literals in brackets.

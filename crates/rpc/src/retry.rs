@@ -494,7 +494,7 @@ mod tests {
             .with_attempt_timeout(Some(Duration::from_secs(4)))
             .with_deadline(Some(Duration::from_secs(12)));
         let started = Instant::now();
-        let status = retry(&policy, || std::future::pending::<Result<(), Status>>())
+        let status = retry(&policy, std::future::pending::<Result<(), Status>>)
             .await
             .expect_err("gives up");
         // Attempts of 4 s at 0 and 5 s; the third, at 10 s, is cut at the deadline.

@@ -120,12 +120,12 @@ async fn join_node(
                         using_sealed_configuration: false,
                     })
                     .await;
+                // Every fifth failure is worth a line in the log; the loop never gives up.
                 if let Err(s) = &result
                     && is_transient(s.code())
+                    && failures.fetch_add(1, Ordering::Relaxed).is_multiple_of(5)
                 {
-                    if failures.fetch_add(1, Ordering::Relaxed).is_multiple_of(5) {
-                        tracing::warn!("JoinNode: {}; retrying", s.message());
-                    }
+                    tracing::warn!("JoinNode: {}; retrying", s.message());
                 }
                 result
             }
