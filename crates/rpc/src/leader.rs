@@ -247,12 +247,17 @@ impl LeaderChannel {
             let wait = run
                 .bounded(Some(self.handle.wait_timeout))
                 .unwrap_or_default();
+            let waiting = tokio::time::Instant::now();
             let used = match self.wait_leader(&mut leader, wait).await {
                 Ok(used) => used,
                 Err(status) => {
-                    // The wait was the pause: try again at once if time is left.
                     run.count_attempt();
-                    run.pause_after(status, true)?;
+                    let pause = run.pause_after(status, true)?;
+                    // The wait is the pause, unless it ended early (no updater any more):
+                    // never spin.
+                    if waiting.elapsed() < wait {
+                        tokio::time::sleep(pause).await;
+                    }
                     continue;
                 }
             };

@@ -640,3 +640,86 @@ async fn dropping_the_last_handle_stops_discovery() {
     );
     eventually("the discovery stream to close", || open() == 0).await;
 }
+
+#[tokio::test]
+async fn the_deadline_bounds_the_wait_for_a_leader() {
+    let cluster = TestCluster::new(1);
+    // Nothing listens on port 1: discovery never finds a leader.
+    let lc = LeaderChannel::new(
+        vec!["127.0.0.1:1".to_string()],
+        cluster.owner.clone(),
+        cluster.ca.clone(),
+        LeaderOptions::default(),
+    )
+    .expect("client");
+    let policy = RetryPolicy::default().with_deadline(Some(Duration::from_secs(1)));
+    let started = Instant::now();
+    let status = lc.call(&policy, answered_by).await.expect_err("no leader");
+    assert_eq!(status.code(), Code::Unavailable);
+    // Bounded by the call's deadline, not by the channel's 10 s wait for a leader.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        status.message().contains("127.0.0.1:1"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_hung_attempt_is_retried_on_the_leader() {
+    let cluster = TestCluster::new(2);
+    let lc = cluster.client(&[1], LeaderOptions::default());
+    let policy = RetryPolicy::default().with_attempt_timeout(Some(Duration::from_millis(300)));
+    let attempts = AtomicUsize::new(0);
+    let got = lc
+        .call(&policy, |channel| {
+            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                answered_by(channel).await
+            }
+        })
+        .await
+        .expect("second attempt answers");
+    assert_eq!(got, cluster.id(0));
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_typed_client_follows_the_leader_and_names_failed_calls() {
+    let cluster = TestCluster::new(2);
+    let management = rpc::Management::new(cluster.client(&[1], LeaderOptions::default()));
+    let info = management.cluster_info().await.expect("cluster info");
+    assert_eq!(String::from_utf8_lossy(&info.ca_certificate), cluster.id(0));
+    assert_eq!(management.current_leader(), Some(cluster.id(0)));
+
+    // "Lost leadership" once: retried within the call.
+    cluster.nodes[0]
+        .curator
+        .fail_next
+        .store(1, Ordering::SeqCst);
+    management.cluster_info().await.expect("retried");
+
+    // Failing for longer than the deadline: the last status, named by its method.
+    cluster.nodes[0]
+        .curator
+        .fail_next
+        .store(1000, Ordering::SeqCst);
+    let error = management
+        .with_deadline(Duration::from_secs(1))
+        .cluster_info()
+        .await
+        .expect_err("deadline");
+    assert_eq!(error.method, "GetClusterInfo");
+    assert_eq!(error.code(), Code::Unavailable);
+    assert!(
+        error.to_string().starts_with("GetClusterInfo: Unavailable"),
+        "{error}"
+    );
+}
