@@ -34,7 +34,7 @@ pub struct Context {
     pub endpoints: Vec<String>,
     /// How a first contact may pin the CA.
     pub trust: TrustOptions,
-    /// How long to look for the leader.
+    /// How long a call may keep looking for the leader (the deadline of every call).
     pub connect_timeout: Duration,
 }
 
