@@ -22,11 +22,16 @@ use proto::common::{NodeRoles, NodeState, NodeStatus, NodeStorageSecurity, NodeT
 use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::{CommitNodeRequest, RegisterNodeRequest, WatchRequest, watch_request};
 use proto::curator_private::Node;
+use rpc::RetryPolicy;
 use rpc::leader::{LeaderChannel, LeaderOptions};
+use rpc::retry::DEFAULT_BACKOFF;
 use rpc::{ClientCredentials, ServerVerification};
 use supervisor::Supervisor;
 use tempfile::TempDir;
 use tokio::sync::watch;
+
+/// Up to 100 attempts, without a deadline: the tests bound their waits themselves.
+const PATIENT: RetryPolicy = RetryPolicy::forever(DEFAULT_BACKOFF).with_attempts(Some(100));
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -245,7 +250,7 @@ async fn one_leader_followers_redirect_and_failover() {
     )
     .expect("leader channel");
     let ticket = |lc: LeaderChannel| async move {
-        lc.call_with_retry(100, |ch| async move {
+        lc.call(&PATIENT, |ch| async move {
             ManagementClient::new(ch)
                 .get_register_ticket(GetRegisterTicketRequest {})
                 .await
@@ -327,7 +332,7 @@ async fn one_leader_followers_redirect_and_failover() {
         join_key: x_join.public_key().as_bytes().to_vec(),
         ..Default::default()
     };
-    x_lc.call_with_retry(100, |ch| {
+    x_lc.call(&PATIENT, |ch| {
         let r = register.clone();
         async move { CuratorClient::new(ch).register_node(r).await }
     })
@@ -340,7 +345,7 @@ async fn one_leader_followers_redirect_and_failover() {
     })
     .await;
     let x_pub = x.public_key().as_bytes().to_vec();
-    lc.call_with_retry(100, |ch| {
+    lc.call(&PATIENT, |ch| {
         let pubkey = x_pub.clone();
         async move {
             ManagementClient::new(ch)
@@ -355,7 +360,7 @@ async fn one_leader_followers_redirect_and_failover() {
         storage_security: NodeStorageSecurity::Encrypted as i32,
     };
     let committed = x_lc
-        .call_with_retry(100, |ch| {
+        .call(&PATIENT, |ch| {
             let c = commit.clone();
             async move { CuratorClient::new(ch).commit_node(c).await }
         })
@@ -377,7 +382,7 @@ async fn one_leader_followers_redirect_and_failover() {
         watch_code(nodes[follower].endpoint(), &x_creds, &ca, &x_id).await,
         tonic::Code::Unavailable
     );
-    lc.call_with_retry(100, |ch| {
+    lc.call(&PATIENT, |ch| {
         let pubkey = x_pub.clone();
         async move {
             ManagementClient::new(ch)

@@ -13,7 +13,8 @@
 //! wait until they are UP, optionally add consensus members one at a time (etcd admits one
 //! learner at a time), and wait until every node is HEALTHY. Each [`Node`] can then be
 //! powered off (SIGKILL to it and its etcd), powered on, rebooted (clean stop, start again:
-//! it Joins) or frozen; [`Management`] follows the curator leader for API calls.
+//! it Joins) or frozen; [`Management`] (rpc's typed client) follows the curator leader for
+//! API calls.
 //!
 //! Every process started here dies with its owner (see [`node`]).
 //!
@@ -28,15 +29,15 @@
 
 pub mod cluster;
 pub mod error;
-pub mod management;
 pub mod node;
 pub mod owner;
 mod sys;
 
 pub use cluster::{Cluster, ClusterOptions, ConsensusJoin, Timeouts, find_node_binary};
 pub use error::{Error, Result};
-pub use management::{DeleteBypass, Management};
 pub use node::{Exit, Node, NodeConfig, RestartPolicy};
+/// The typed cluster API client launch hands out (leader-following, retried).
+pub use rpc::{DeleteBypass, Management};
 
 /// Re-exported so callers name enum values of the same version.
 pub use proto;

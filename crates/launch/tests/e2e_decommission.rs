@@ -60,12 +60,12 @@ async fn decommission_and_delete() {
         .decommission(&id0)
         .await
         .expect_err("node 0 has roles");
-    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     let err = management
         .delete(&id1, DeleteBypass::default())
         .await
         .expect_err("an UP node needs decommissioning first");
-    assert_eq!(err.code(), Some(Code::FailedPrecondition), "{err}");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 
     // Decommission node 1.
     management

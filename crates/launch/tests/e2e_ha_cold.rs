@@ -74,7 +74,7 @@ async fn ha_cold() {
         };
         match management.delete(&id0, bypass).await {
             Ok(()) => break,
-            Err(e) if e.code() == Some(Code::FailedPrecondition) && Instant::now() < deadline => {
+            Err(e) if e.code() == Code::FailedPrecondition && Instant::now() < deadline => {
                 tracing::info!("delete node 0 refused for now: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

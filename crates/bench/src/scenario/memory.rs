@@ -12,9 +12,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
-use proto::api::GetNodesRequest;
-use proto::api::management_client::ManagementClient;
 
 use crate::cluster;
 use crate::procfs;
@@ -64,15 +61,10 @@ async fn in_process(p: &Params) -> Result<Vec<Row>> {
             t.leader.heartbeats.beat(&r.id);
         }
         drop(records);
-        let mut stream = ManagementClient::new(t.owner().await)
-            .get_nodes(GetNodesRequest::default())
+        let n = rpc::Management::direct(t.owner().await)
+            .get_nodes("")
             .await?
-            .into_inner();
-        let mut n = 0usize;
-        while let Some(node) = stream.next().await {
-            node?;
-            n += 1;
-        }
+            .len();
         anyhow::ensure!(n > p.records, "GetNodes listed {n} nodes");
         let etcd = t.consensus.pid.context("etcd pid unknown")?;
         let rss = procfs::rss(None)?;

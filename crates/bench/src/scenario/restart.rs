@@ -14,8 +14,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use proto::api::GetNodesRequest;
-use proto::api::management_client::ManagementClient;
 use tokio::time::Instant;
 
 use crate::cluster;
@@ -83,15 +81,7 @@ async fn raw_etcd_start() -> Result<f64> {
 async fn bootstrap(block: &str) -> Result<f64> {
     let start = Instant::now();
     let t = setup::leader(block).await?;
-    let answered = async {
-        let mut stream = ManagementClient::new(t.owner().await)
-            .get_nodes(GetNodesRequest::default())
-            .await?
-            .into_inner();
-        while stream.message().await?.is_some() {}
-        anyhow::Ok(())
-    }
-    .await;
+    let answered = rpc::Management::direct(t.owner().await).get_nodes("").await;
     let took = start.elapsed().as_secs_f64();
     t.stop().await;
     answered.context("first GetNodes")?;

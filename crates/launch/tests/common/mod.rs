@@ -232,10 +232,11 @@ pub fn key_bytes(pubkey: &[u8]) -> [u8; 32] {
 /// Retries `f` until it succeeds or `timeout` passes, like upstream's `util.TestEventual`: for
 /// operations the cluster refuses while it settles (etcd refuses member removal until every
 /// peer has been connected for a few seconds after a restart).
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+pub async fn eventually<T, E, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, launch::Error>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + timeout;
     loop {
