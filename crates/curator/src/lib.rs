@@ -19,6 +19,7 @@ pub mod listener;
 pub mod revocation;
 pub mod service;
 pub mod state;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use election::{DEFAULT_LEADER_TTL, ElectionStatus, Leadership};

@@ -511,7 +511,8 @@ fn change(kind: EventKind, key: &[u8], value: &[u8]) -> Option<NodeChange> {
 }
 
 /// Writes `record` as it is, bypassing the lifecycle table: for test fixtures that need a
-/// node in a given state without walking it there.
+/// node in a given state without walking it there. Only the test harness has it.
+#[cfg(feature = "testing")]
 pub(crate) async fn write_unchecked(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
     l.txn(record.put_ops()).await.map(|_| ())
 }

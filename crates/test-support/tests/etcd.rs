@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kv::testing::{SOCKET_NAME, TestEtcd};
+use test_support::etcd::{SOCKET_NAME, TestEtcd};
 
 #[tokio::test]
 async fn layout_and_identity() {
@@ -101,7 +101,7 @@ async fn etcd_dies_with_a_killed_test_process() {
     holder.kill().expect("kill helper");
     holder.wait().expect("reap helper");
     let pid: u32 = pid.parse().expect("pid");
-    kv::testing::wait_until_dead(pid, Duration::from_secs(10))
+    test_support::process::wait_until_dead(pid, Duration::from_secs(10))
         .await
         .expect("etcd must die with its killed parent");
     // The killed helper could not clean up after itself.
