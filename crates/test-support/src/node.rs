@@ -6,10 +6,12 @@
 //! it (SIGSTOP/SIGCONT) and starts it again on the same state directory.
 //!
 //! What this module adds is the test's side: a configuration with the test defaults, and
-//! the stderr of a boot, which the node's refusals are checked against.
+//! [`TestNode`]: waits that fail the test with the node's own output, and the stderr of a
+//! boot, which the node's refusals are checked against.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Duration;
 
 pub use launch::node::{
     EXIT_CLEAN, EXIT_FATAL, EXIT_GONE, EXIT_REBOOT, NODE_ID_MARKER, READY_MARKER, STDERR_PREFIX,
@@ -58,11 +60,64 @@ pub fn start(index: usize, dir: &Path, address: Ipv4Addr, parameters: Option<&Pa
     node
 }
 
-/// The stderr lines of the node's current (or last) boot, joined; without their prefix.
-pub fn stderr(node: &Node) -> String {
-    node.boot_logs()
-        .iter()
-        .filter_map(|l| l.strip_prefix(STDERR_PREFIX))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// A [`Node`] as tests use it: every wait either returns what it waited for or fails the
+/// test with launch's explanation (what was awaited, how the node ended, the tail of its
+/// output).
+// Tests await these in place and never spawn them, so the futures need no `Send` bound.
+#[allow(async_fn_in_trait)]
+pub trait TestNode {
+    /// Waits for an output line of the current boot containing `needle` and returns it.
+    async fn expect_line(&self, needle: &str, timeout: Duration) -> String;
+    /// Waits for the node to announce its ID (`NODE_ID=`) and returns it.
+    async fn expect_id(&self, timeout: Duration) -> String;
+    /// Waits for the node to exit by itself and returns how.
+    async fn expect_exit(&self, timeout: Duration) -> Exit;
+    /// Stops the node with SIGTERM and returns how it ended; SIGKILLs it if it is still running
+    /// after `grace` (which then shows as a death by signal, not a clean exit).
+    async fn expect_stop(&self, grace: Duration) -> Exit;
+    /// The stdout lines of the current (or last) boot.
+    fn stdout_lines(&self) -> Vec<String>;
+    /// The stderr lines of the current (or last) boot, joined, without their prefix.
+    fn stderr_text(&self) -> String;
+}
+
+impl TestNode for Node {
+    async fn expect_line(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log(needle, timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn expect_id(&self, timeout: Duration) -> String {
+        self.wait_id(timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn expect_exit(&self, timeout: Duration) -> Exit {
+        self.wait_exit(timeout)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn expect_stop(&self, grace: Duration) -> Exit {
+        self.stop_within(grace)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn stdout_lines(&self) -> Vec<String> {
+        self.boot_logs()
+            .into_iter()
+            .filter(|l| !l.starts_with(STDERR_PREFIX))
+            .collect()
+    }
+
+    fn stderr_text(&self) -> String {
+        self.boot_logs()
+            .iter()
+            .filter_map(|l| l.strip_prefix(STDERR_PREFIX))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
