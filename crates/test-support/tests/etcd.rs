@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use test_support::etcd::{SOCKET_NAME, TestEtcd};
+use test_support::eventually;
 
 #[tokio::test]
 async fn layout_and_identity() {
@@ -49,14 +50,11 @@ async fn drop_kills_etcd_and_removes_its_directory() {
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     drop(etcd);
     // Drop reaps the process, so its /proc entry is gone, not a zombie's.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "etcd {pid} still exists"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("etcd {pid} still exists: {e}"));
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
