@@ -1,4 +1,4 @@
-//! curator: the Metropolis cluster's control-plane brain (spec 4).
+//! curator: the Metropolis cluster's control-plane brain.
 //!
 //! A curator runs next to every etcd member. They elect one leader over etcd
 //! ([`election`]); the leader serves the cluster API — Management, Curator, AAA and

@@ -1,5 +1,5 @@
 //! AAA.Escrow (taking ownership): the owner certificate is issued once and returned again,
-//! and every refusal of spec 4.9 with its code.
+//! and every refusal of Escrow with its code.
 
 mod curator_support;
 

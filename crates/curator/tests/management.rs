@@ -1,4 +1,4 @@
-//! Management service (spec 4.8) against a real leader: real etcd, real TLS, the owner's
+//! Management service against a real leader: real etcd, real TLS, the owner's
 //! certificate. Node records are written directly into etcd for setup; node certificates come
 //! from the cluster PKI. Each test runs its own cluster in a loopback block of its own.
 
@@ -241,7 +241,7 @@ async fn management_cluster_info() {
     t.stop().await;
 }
 
-/// Upstream TestGetNodes: the filter expressions of spec 4.8, health, role markers.
+/// Upstream TestGetNodes: upstream's filter expressions, health, role markers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_nodes() {
     let t = TestLeader::start().await;
@@ -834,7 +834,7 @@ async fn decommission_node() {
     t.stop().await;
 }
 
-/// [HEAD] UpdateNodeLabels.
+/// UpdateNodeLabels (later upstream Monogon, not in the 8456ddf0 baseline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_node_labels() {
     let t = TestLeader::start().await;
@@ -969,7 +969,7 @@ async fn authorization() {
         code(as_node.update_node_labels(labels.clone()).await),
         denied
     );
-    // Reading is what nodes may do (spec 3: READ_CLUSTER_STATUS).
+    // Reading is what nodes may do: their certificates carry READ_CLUSTER_STATUS.
     as_node
         .get_cluster_info(api::GetClusterInfoRequest {})
         .await

@@ -1,7 +1,7 @@
 //! The state layer against a real etcd: node records only change state along the lifecycle
 //! table, creation checks the record and its join-key entry in the same transaction as the
-//! write, corrupt records and lost leadership are reported as such (and become the codes the
-//! spec gives at the service edge).
+//! write, corrupt records and lost leadership are reported as such (and become upstream's codes
+//! at the service edge).
 
 mod curator_support;
 

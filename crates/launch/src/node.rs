@@ -1,6 +1,6 @@
 //! One emulated machine: a `metropolis-node` process bound to its own loopback address, with a
-//! state directory that survives restarts (spec 11: "power off = SIGKILL, power on = restart
-//! with the same dirs, reboot = restart expecting Join").
+//! state directory that survives restarts: powering off is a SIGKILL, powering on a restart
+//! with the same directories, a reboot a restart that is expected to Join.
 //!
 //! A [`Node`] starts the process as the leader of a new process group, so that powering it off
 //! kills it *and* every child it started (its etcd member) at the same instant, like a machine

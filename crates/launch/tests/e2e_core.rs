@@ -1,6 +1,6 @@
-//! e2e "core" (spec 10): two nodes (TPM disabled, NEEDS_INSECURE storage, as upstream); the
-//! cluster directory lists both addresses; all nodes become HEALTHY; node 1 is rebooted,
-//! joins again and all are HEALTHY again; its logs hold "Cluster enrolment done." (first
+//! e2e "core" (upstream's e2e suite of that name): two nodes (TPM disabled, NEEDS_INSECURE storage,
+//! as upstream); the cluster directory lists both addresses; all nodes become HEALTHY; node 1 is
+//! rebooted, joins again and all are HEALTHY again; its logs hold "Cluster enrolment done." (first
 //! boot) and "Joined the cluster." (the reboot).
 
 mod common;

@@ -1,7 +1,8 @@
-//! e2e "ha" (spec 10, [HEAD]): three nodes; nodes 1 and 2 become consensus members one after
-//! the other (learner → voting, checked with GetConsensusStatus); all HEALTHY; then every
-//! node is rebooted in turn while a writer keeps changing a node label through the
-//! leader-following client: every write must succeed (within the retry deadline) throughout.
+//! e2e "ha" (an e2e test of later upstream Monogon, not in the 8456ddf0 baseline): three nodes;
+//! nodes 1 and 2 become consensus members one after the other (learner → voting, checked with
+//! GetConsensusStatus); all HEALTHY; then every node is rebooted in turn while a writer keeps
+//! changing a node label through the leader-following client: every write must succeed (within the
+//! retry deadline) throughout.
 
 mod common;
 

@@ -1,9 +1,9 @@
-//! e2e "ha_cold" (spec 10, [HEAD]): three nodes, insecure storage, nodes 1 and 2 consensus
-//! members; every node is powered off at once and powered on again → all HEALTHY (they rely
-//! on persisted roles to restart their etcd before any curator answers); then node 0 loses
-//! its roles (KubernetesController, then ConsensusMember: its etcd member disappears), is
-//! deleted (not-decommissioned bypass) and stops with exit code 3; the remaining two are
-//! cold-restarted and become HEALTHY.
+//! e2e "ha_cold" (an e2e test of later upstream Monogon, not in the 8456ddf0 baseline): three
+//! nodes, insecure storage, nodes 1 and 2 consensus members; every node is powered off at once and
+//! powered on again → all HEALTHY (they rely on persisted roles to restart their etcd before any
+//! curator answers); then node 0 loses its roles (KubernetesController, then ConsensusMember: its
+//! etcd member disappears), is deleted (not-decommissioned bypass) and stops with exit code 3; the
+//! remaining two are cold-restarted and become HEALTHY.
 
 mod common;
 

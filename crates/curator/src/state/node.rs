@@ -90,7 +90,7 @@ impl NodeRecord {
     }
 
     /// Decodes a stored record, refusing one whose key does not match the ID derived from its
-    /// public key (spec 4.3: such a record is corrupt or forged).
+    /// public key (such a record is corrupt or forged).
     pub fn decode(id: &str, bytes: &[u8]) -> Result<Self, StateError> {
         let key = format!("{NODES_PREFIX}{id}");
         let node = Node::decode(bytes).map_err(|e| StateError::corrupt(&key, e))?;
