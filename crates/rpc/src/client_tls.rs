@@ -3,7 +3,7 @@
 //!
 //! Servers are identified by their node certificate, not by DNS names: the verifier ignores the
 //! TLS server name and instead requires exactly one certificate that passes the node-certificate
-//! check against the expected cluster CA, optionally with a given node ID (spec 2.2).
+//! check against the expected cluster CA, optionally with a given node ID.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! CEL filters of `Management.GetNodes` (spec 4.8).
+//! CEL filters of `Management.GetNodes`.
 //!
 //! A filter is a CEL expression over a variable `node` shaped like `metropolis.proto.api.Node`,
 //! with integer constants for the node states (`NODE_STATE_UP`, …), the health values
@@ -89,9 +89,9 @@ fn root_context() -> Context<'static, 'static> {
 }
 
 /// Integer constants for every enum value a filter compares with. NodeState and Health are
-/// upstream's (Health both bare, as at baseline, and `HEALTH_`-prefixed, as at HEAD); the TPM
-/// usages (baseline `NODE_TPM_*` and HEAD `NODE_TPM_USAGE_*` names) are ours, for
-/// `node.tpm_usage == NODE_TPM_PRESENT_AND_USED`.
+/// upstream's (Health both bare, as at baseline, and `HEALTH_`-prefixed, as in later upstream
+/// Monogon); the TPM usages (baseline `NODE_TPM_*` and later upstream `NODE_TPM_USAGE_*` names) are
+/// ours, for `node.tpm_usage == NODE_TPM_PRESENT_AND_USED`.
 fn constants() -> Vec<(String, i64)> {
     let mut out = Vec::new();
     // Walk the numbers rather than listing names, so added states (ours: DECOMMISSION_REQUESTED,

@@ -1,5 +1,5 @@
 //! Register Flow (RegisterNode → manager approval → CommitNode) and Join Flow (JoinNode),
-//! spec 4.9. All three are called without cluster credentials: the caller proves possession of
+//! as upstream. All three are called without cluster credentials: the caller proves possession of
 //! a key with a self-signed certificate — the node key for RegisterNode/CommitNode, the join
 //! key for JoinNode.
 
@@ -145,12 +145,13 @@ fn ticket_matches(expected: &[u8], given: &[u8]) -> bool {
     expected.ct_eq(given).into()
 }
 
-/// The labels a registering node keeps ([HEAD]). Invalid ones, repeats of an earlier key and
-/// those beyond the first 128 are dropped and logged rather than refused, as upstream HEAD
-/// does: the labels come from the node's NodeParameters, which the node cannot change, so a
-/// refusal would lock it out of the cluster for good, while a dropped label is one
-/// UpdateNodeLabels away from fixed. metroctl checks labels before it writes them into
-/// NodeParameters, so with our tools nothing is dropped here. `None` if none remain.
+/// The labels a registering node keeps (later upstream Monogon, not in the 8456ddf0 baseline).
+/// Invalid ones, repeats of an earlier key and those beyond the first 128 are dropped and logged
+/// rather than refused, as later upstream Monogon does: the labels come from the node's
+/// NodeParameters, which the node cannot change, so a refusal would lock it out of the cluster for
+/// good, while a dropped label is one UpdateNodeLabels away from fixed. metroctl checks labels
+/// before it writes them into NodeParameters, so with our tools nothing is dropped here. `None` if
+/// none remain.
 fn registration_labels(id: &str, given: Option<NodeLabels>) -> Option<NodeLabels> {
     let given = given.map(|l| l.pairs).unwrap_or_default();
     let filtered =
