@@ -88,7 +88,8 @@ pub async fn serve(
                 let router = rpc::serve::server_builder(security.clone())
                     .layer(FollowerGate::new(known))
                     .add_service(
-                        proto::curator_api::curator_local_server::CuratorLocalServer::new(local),
+                        proto::curator_api::curator_local_server::CuratorLocalServer::new(local)
+                            .max_decoding_message_size(leader::limits::MAX_LOCAL_REQUEST_BYTES),
                     )
                     .add_service(rpc::reflection::v1(FOLLOWER_SERVICES))
                     .add_service(rpc::reflection::v1alpha(FOLLOWER_SERVICES));

@@ -16,6 +16,7 @@ use crate::health::{Clock, Heartbeats};
 pub mod aaa;
 pub mod curator;
 pub mod filter;
+pub mod limits;
 pub mod local;
 pub mod management;
 mod status;
@@ -82,24 +83,33 @@ const LEADER_SERVICES: &[&str] = &[
     proto::curator_api::curator_local_server::SERVICE_NAME,
 ];
 
-/// The leader's gRPC router: all four services behind the authorization layer.
+/// The leader's gRPC router: all four services behind the authorization layer, each decoding
+/// requests up to its limit in [`limits`].
 pub fn router(
     leader: &Arc<Leader>,
     security: rpc::ServerSecurity,
-) -> tonic::transport::server::Router<tower_layer::Stack<rpc::AuthLayer, tower_layer::Identity>> {
+) -> tonic::transport::server::Router<rpc::serve::Layers> {
     use proto::api::{aaa_server::AaaServer, management_server::ManagementServer};
     use proto::curator_api::{
         curator_local_server::CuratorLocalServer, curator_server::CuratorServer,
     };
     rpc::serve::server_builder(security)
-        .add_service(ManagementServer::new(management::ManagementService(
-            leader.clone(),
-        )))
-        .add_service(CuratorServer::new(curator::CuratorService(leader.clone())))
-        .add_service(AaaServer::new(aaa::AaaService(leader.clone())))
-        .add_service(CuratorLocalServer::new(local::LeaderLocalService(
-            leader.clone(),
-        )))
+        .add_service(
+            ManagementServer::new(management::ManagementService(leader.clone()))
+                .max_decoding_message_size(limits::MAX_MANAGEMENT_REQUEST_BYTES),
+        )
+        .add_service(
+            CuratorServer::new(curator::CuratorService(leader.clone()))
+                .max_decoding_message_size(limits::MAX_CURATOR_REQUEST_BYTES),
+        )
+        .add_service(
+            AaaServer::new(aaa::AaaService(leader.clone()))
+                .max_decoding_message_size(limits::MAX_AAA_REQUEST_BYTES),
+        )
+        .add_service(
+            CuratorLocalServer::new(local::LeaderLocalService(leader.clone()))
+                .max_decoding_message_size(limits::MAX_LOCAL_REQUEST_BYTES),
+        )
         .add_service(rpc::reflection::v1(LEADER_SERVICES))
         .add_service(rpc::reflection::v1alpha(LEADER_SERVICES))
 }

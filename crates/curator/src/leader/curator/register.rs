@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use super::state_name;
 use crate::election::Leadership;
-use crate::leader::Leader;
+use crate::leader::{Leader, limits};
 use crate::state::node::{self, NodeRecord};
 use crate::state::{StateError, cluster, pki};
 
@@ -155,10 +155,21 @@ fn registration_labels(id: &str, given: Option<NodeLabels>) -> Option<NodeLabels
     let given = given.map(|l| l.pairs).unwrap_or_default();
     let filtered =
         labels::filter_registration(given.iter().map(|p| (p.key.as_str(), p.value.as_str())));
-    for (key, value, why) in &filtered.skipped {
+    // Bounded: the labels are the caller's, as many as fit in a request.
+    for (key, value, why) in filtered.skipped.iter().take(limits::MAX_LOGGED_LABEL_SKIPS) {
         tracing::warn!(
-            "node {id} registered with label {key:?}={value:?}, which is dropped: {why}"
+            "node {id} registered with label {:?}={:?}, which is dropped: {why}",
+            limits::clip(key),
+            limits::clip(value)
         );
+    }
+    if let Some(more) = filtered
+        .skipped
+        .len()
+        .checked_sub(limits::MAX_LOGGED_LABEL_SKIPS)
+        .filter(|n| *n > 0)
+    {
+        tracing::warn!("node {id} registered with {more} more labels, which are dropped too");
     }
     let pairs: Vec<Pair> = filtered
         .kept
