@@ -32,7 +32,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more are closed as soon as they are accepted. Each may run a
 /// BMDB query over up to [`INDEX_LIMIT`] machines, and a developer's browser needs a few.
-const MAX_CONNECTIONS: usize = 32;
+pub const MAX_CONNECTIONS: usize = 32;
 /// Machines shown on the index page.
 const INDEX_LIMIT: i64 = 1000;
 
