@@ -84,6 +84,7 @@ pub async fn serve(
                     node_id: config.credentials.node_id(),
                     ca: config.credentials.ca().to_vec(),
                     leader: known.clone(),
+                    ns: ns.clone(),
                 };
                 let router = rpc::serve::server_builder(security.clone())
                     .layer(FollowerGate::new(known))

@@ -174,6 +174,7 @@ impl TestLeader {
         let verification = ServerVerification::Cluster {
             ca: self.ca.clone(),
             node_id: Some(self.credentials.node_id()),
+            crl: None,
         };
         let config = rpc::client_tls::client_config(&creds, verification).expect("client config");
         rpc::client_tls::connect_lazy(&self.addr, config).expect("endpoint")

@@ -225,6 +225,7 @@ async fn one_leader_followers_redirect_and_failover() {
         ServerVerification::Cluster {
             ca: ca.clone(),
             node_id: None,
+            crl: None,
         },
     )
     .expect("config");
@@ -437,6 +438,7 @@ async fn watch_code(
     let verification = ServerVerification::Cluster {
         ca: ca.to_vec(),
         node_id: None,
+        crl: None,
     };
     let config = rpc::client_tls::client_config(creds, verification).expect("config");
     let channel = rpc::client_tls::connect_lazy(&endpoint, config).expect("endpoint");

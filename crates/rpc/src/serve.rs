@@ -72,7 +72,9 @@ pub fn tls_incoming_until(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(Severable::new(tls, sever))).await;
+                        let _ = tx
+                            .send(Ok(Severable::new(tls, sever, "server torn down")))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -97,13 +99,16 @@ pub fn server_builder(security: ServerSecurity) -> Server<Stack<AuthLayer, tower
 pub struct Severable<S> {
     inner: S,
     severed: Pin<Box<WaitForCancellationFutureOwned>>,
+    why: &'static str,
 }
 
 impl<S> Severable<S> {
-    fn new(inner: S, token: CancellationToken) -> Self {
+    /// `inner`, failing with ConnectionAborted (saying `why`) once `token` is cancelled.
+    pub(crate) fn new(inner: S, token: CancellationToken, why: &'static str) -> Self {
         Self {
             inner,
             severed: Box::pin(token.cancelled_owned()),
+            why,
         }
     }
 
@@ -112,7 +117,7 @@ impl<S> Severable<S> {
         if self.severed.as_mut().poll(cx).is_ready() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
-                "server torn down",
+                self.why,
             ));
         }
         Ok(())
