@@ -394,6 +394,26 @@ mod tests {
     }
 
     #[test]
+    fn the_cached_crl_is_used_only_if_it_is_the_clusters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = ConfigDir::locate(Some(dir.path().to_path_buf())).expect("cfg");
+        let ca_key = identity::SigningKey::generate().expect("key");
+        let ca = identity::templates::cluster_ca(&ca_key).expect("ca");
+        assert_eq!(cached_crl(&cfg, &ca).number(), None, "nothing cached");
+
+        let crl = identity::templates::crl(&ca_key, &ca, &[vec![7]], 5).expect("crl");
+        cfg.save_crl(&crl).expect("save");
+        let held = cached_crl(&cfg, &ca);
+        assert_eq!(held.number(), Some(5));
+        assert!(held.is_serial_revoked(&[7]));
+
+        // A CRL of another CA (a tampered cache, or another cluster's) is ignored.
+        let other_key = identity::SigningKey::generate().expect("key");
+        let other_ca = identity::templates::cluster_ca(&other_key).expect("ca");
+        assert_eq!(cached_crl(&cfg, &other_ca).number(), None);
+    }
+
+    #[test]
     fn endpoints_come_from_flags_or_the_saved_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = ConfigDir::locate(Some(dir.path().to_path_buf())).expect("cfg");

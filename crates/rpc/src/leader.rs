@@ -42,7 +42,9 @@
 //!   updater keeps that CRL current: when it starts it fetches the CRL from every known
 //!   curator at once, then from every curator it asks for the leader, and
 //!   [`LeaderChannel::refresh_crl`] asks all of them again. When a newer CRL revokes the
-//!   published leader, the leader is withdrawn and discovery starts over;
+//!   published leader, the leader is withdrawn, every connection to it is severed (open
+//!   calls and streams fail at once, so their owners come back for the next leader) and
+//!   discovery starts over;
 //! * a leader the caller's [`LeaderCheck`] refuses ([`LeaderOptions::leader_check`]): nodes
 //!   accept only nodes holding the ConsensusMember role, which they know independently of the
 //!   leader (their own etcd member, or their cluster directory).

@@ -23,10 +23,11 @@
 //!    * otherwise from its cluster directory (`esp/metropolis/cluster_directory.pb`): the
 //!      `clusterdirectory` worker keeps node IDs there only for current consensus members
 //!      (learned from a leader that passed these checks; a node that loses the role or is
-//!      deleted keeps its address as a discovery seed but loses its ID), so the leader's ID
-//!      must be listed. Until that worker's first complete view, the directory is the one the
-//!      node enrolled with (bootstrap: itself; register: the cluster's UP nodes from
-//!      GetClusterInfo, which the operator supplied).
+//!      deleted keeps its address as a discovery seed but loses its ID, and only if the other
+//!      listed members back that leader), so the leader's ID must be listed. Until that
+//!      worker's first complete view, the directory is the one the node enrolled with
+//!      (bootstrap: itself; register: the cluster's UP nodes from GetClusterInfo, which the
+//!      operator supplied).
 //!
 //! Neither check can tell a stale view from the truth: a node that was down while a consensus
 //! member was deleted may still list it and not know its revocation. That is what
