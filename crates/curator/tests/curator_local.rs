@@ -7,8 +7,7 @@ use curator::testing::TestLeader;
 use curator_support::*;
 use proto::curator_api::curator_local_client::CuratorLocalClient;
 use proto::curator_api::{
-    GetCaCertificateRequest, GetClusterCrlRequest, GetCurrentLeaderRequest,
-    UpdateNodeStatusRequest,
+    GetCaCertificateRequest, GetClusterCrlRequest, GetCurrentLeaderRequest, UpdateNodeStatusRequest,
 };
 use rpc::ClientCredentials;
 
@@ -109,6 +108,9 @@ async fn get_cluster_crl() {
         .into_inner()
         .crl;
     assert!(held.update(&second).expect("signed by the cluster CA"));
-    assert!(held.is_revoked(&node_cert), "the deleted node's certificate is revoked");
+    assert!(
+        held.is_revoked(&node_cert),
+        "the deleted node's certificate is revoked"
+    );
     t.stop().await;
 }

@@ -16,8 +16,7 @@ use proto::api::management_server::{Management, ManagementServer};
 use proto::api::{GetClusterInfoRequest, GetClusterInfoResponse, GetNodesRequest, Node};
 use proto::curator_api::curator_local_server::{CuratorLocal, CuratorLocalServer};
 use proto::curator_api::{
-    GetClusterCrlRequest, GetClusterCrlResponse, GetCurrentLeaderRequest,
-    GetCurrentLeaderResponse,
+    GetClusterCrlRequest, GetClusterCrlResponse, GetCurrentLeaderRequest, GetCurrentLeaderResponse,
 };
 use rpc::{
     ClientCredentials, ClusterCrl, LeaderChannel, LeaderCheck, LeaderInfo, LeaderOptions,
@@ -173,7 +172,10 @@ impl Cluster {
     }
 
     fn client(&self, seeds: &[usize], options: LeaderOptions) -> LeaderChannel {
-        let seeds = seeds.iter().map(|&i| self.servers[i].addr.clone()).collect();
+        let seeds = seeds
+            .iter()
+            .map(|&i| self.servers[i].addr.clone())
+            .collect();
         LeaderChannel::new(seeds, self.owner.clone(), self.ca.clone(), options).expect("client")
     }
 }
