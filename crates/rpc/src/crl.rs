@@ -135,6 +135,11 @@ impl ClusterCrl {
         self.read().der.clone()
     }
 
+    /// The serials the CRL held revokes (big-endian, no leading zeros).
+    pub fn revoked_serials(&self) -> Vec<Vec<u8>> {
+        self.read().serials.iter().cloned().collect()
+    }
+
     /// How many certificates the CRL held revokes.
     pub fn revoked(&self) -> usize {
         self.read().serials.len()

@@ -5,6 +5,10 @@
 //! (encrypted) data directory, so a restarted node still refuses the curators it knew to be
 //! revoked, and fetches the CRL from every known curator every [`REFRESH_INTERVAL`] (the
 //! `clusterdirectory` worker asks for a refresh at once when it sees a node deleted).
+//!
+//! The revocations also go into the revocation set of the node's own servers (added, never
+//! removed: on a consensus member the local curator feeds the same set from etcd), so
+//! NodeManagement refuses deleted nodes on nodes without a curator too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +52,9 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
             contents::save_crl(&m.data, &der)
                 .map_err(|e| format!("persisting the cluster CRL: {e}"))?;
             written = m.crl.number();
+            for serial in m.crl.revoked_serials() {
+                rs.env.revocations.revoke_serial(&serial);
+            }
             tracing::info!(
                 "cluster CRL {} persisted: {} certificate(s) revoked",
                 written.unwrap_or_default(),
