@@ -9,7 +9,8 @@
 //!
 //! * **Through its own etcd member**, when it runs one (it is a consensus member): a
 //!   linearizable read of its own node record, the very state the curators act on. No
-//!   curator is involved.
+//!   curator is involved. Dropping the etcd data also needs the member to be gone from the
+//!   etcd cluster (a removed member stops serving, and the node asks the cluster instead).
 //! * **Otherwise through a verified leader found afresh**, in three steps:
 //!   1. the cluster CRL is fetched again from every curator the node knows (its cluster
 //!      directory and every endpoint its leader channel learned), so a revocation any of them
@@ -359,6 +360,21 @@ impl<'a> Confirmer<'a> {
     /// Confirms the order; returns how, or why not.
     async fn check(&self, order: &Order, by: &str) -> Result<&'static str, String> {
         if let (Some(status), Some(id)) = (self.rs.consensus_now(), &self.node_id) {
+            // Deleting the etcd data of a member the etcd cluster still counts would destroy
+            // a voter, whatever the record says (the leader updates the record before it
+            // removes its own member, and puts the role back if etcd refuses).
+            if *order == Order::LeaveConsensus {
+                match status.client().member_list().await {
+                    Ok(list) if list.members().iter().any(|m| m.name() == id) => {
+                        return Err(
+                            "this node's etcd member is still a member of the etcd cluster"
+                                .to_string(),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("cannot list the etcd members: {e}"),
+                }
+            }
             match trust::local_record(&status, id).await {
                 Ok(record) => {
                     let observed = match record {
