@@ -254,8 +254,15 @@ async fn leader_according_to(id: &str, endpoint: &str, crl: &ClusterCrl) -> Say 
         let channel = match client_tls::connect(endpoint, config).await {
             Ok(channel) => channel,
             Err(e) => {
+                // Only its own revoked certificate says the member was deleted; anyone
+                // else's at its address says nothing about it.
                 let certificate = presented.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if certificate.is_some_and(|c| crl.is_revoked(&c)) {
+                let own_and_revoked = certificate.is_some_and(|c| {
+                    identity::verify::cert_public_key(&c)
+                        .is_ok_and(|key| identity::node_id(&key) == id)
+                        && crl.is_revoked(&c)
+                });
+                if own_and_revoked {
                     return Say::Abstains("its certificate is revoked".to_string());
                 }
                 return Say::Unknown(rpc::error::error_chain(&e));
