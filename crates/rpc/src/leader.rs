@@ -40,8 +40,8 @@
 //!
 //! * a leader whose certificate the cluster CRL revokes (with [`LeaderOptions::crl`]). The
 //!   updater keeps that CRL current: when it starts it fetches the CRL from every known
-//!   curator at once, then from every curator it asks for the leader, and
-//!   [`LeaderChannel::refresh_crl`] asks all of them again. When a newer CRL revokes the
+//!   curator at once, then from every curator it asks for the leader, from all of them again
+//!   every [`CRL_REFRESH_INTERVAL`], and whenever [`LeaderChannel::refresh_crl`] is called. When a newer CRL revokes the
 //!   published leader, the leader is withdrawn, every connection to it is severed (open
 //!   calls and streams fail at once, so their owners come back for the next leader) and
 //!   discovery starts over;
@@ -89,6 +89,12 @@ pub const DISCOVERY_BACKOFF: Backoff =
 /// stream may legitimately stay silent for as long as leadership does not change, and HTTP/2
 /// keepalive detects dead peers.
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a channel with a CRL fetches it from every known curator. Revocations (node
+/// deletions) are rare and a client learns them sooner from every curator it asks for the
+/// leader; this bounds how long a client that follows one leader's discovery stream (a
+/// leader that may itself have been deleted meanwhile) can go without hearing of one.
+pub const CRL_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Upper bound of the endpoint list: responses add addresses, and a misbehaving server must
 /// not make it grow without bound.
@@ -540,6 +546,26 @@ fn leader_from(
     Ok(LeaderInfo { node_id, endpoint })
 }
 
+/// Fetches the CRL from every known curator every [`CRL_REFRESH_INTERVAL`], for as long as
+/// the updater runs (a client following a leader's discovery stream asks nobody else
+/// otherwise); the updater reacts to a newer CRL (see `Updater::follow`).
+async fn refresh_crl_periodically(shared: Arc<Shared>) {
+    let Some(crl) = shared.crl.clone() else {
+        return std::future::pending().await;
+    };
+    let start = tokio::time::Instant::now() + CRL_REFRESH_INTERVAL;
+    let mut tick = tokio::time::interval_at(start, CRL_REFRESH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let endpoints = lock(&shared.endpoints).clone();
+        let refresh = crl::refresh(&crl, &shared.creds, &endpoints).await;
+        if refresh.answered.is_empty() {
+            tracing::debug!(failed = ?refresh.failed, "no curator answered for the cluster CRL");
+        }
+    }
+}
+
 /// The background task behind a [`LeaderChannel`].
 struct Updater {
     shared: Arc<Shared>,
@@ -558,9 +584,11 @@ struct Updater {
 impl Updater {
     /// Runs until the last handle is gone; dropping `run` closes every connection it holds.
     async fn run_until(self, stopped: oneshot::Receiver<()>) {
+        let refresh = refresh_crl_periodically(self.shared.clone());
         tokio::select! {
             _ = stopped => tracing::debug!("leader updater stopped: no handle left"),
             _ = self.run() => {}
+            _ = refresh => {}
         }
     }
 

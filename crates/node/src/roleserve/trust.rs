@@ -11,7 +11,7 @@
 //! 1. **Not revoked.** The node holds the cluster CRL (`rpc::ClusterCrl`): persisted in its
 //!    encrypted data directory (`node/cluster-crl.der`), fetched from every known curator when
 //!    a leader channel starts and from every curator asked for the leader, refreshed when the
-//!    cluster directory worker sees a node deleted and every few minutes (see `super::crl`).
+//!    cluster directory worker sees a node deleted and every minute (see `super::crl`).
 //!    Only CRLs signed by the cluster CA, and only newer ones, are taken, so whoever delivers
 //!    a CRL cannot make the node forget a revocation. DeleteNode revokes the deleted node's
 //!    certificate, so a deleted node is refused.
