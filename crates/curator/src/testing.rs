@@ -60,6 +60,8 @@ pub struct TestLeader {
     pub consensus: consensus::Status,
     /// The node's IP.
     pub address: IpAddr,
+    /// The election status of the leader's curator (it must stay Leader under load).
+    pub election: watch::Receiver<ElectionStatus>,
     cancel: CancellationToken,
     supervisor: Supervisor,
     _dir: TempDir,
@@ -163,6 +165,7 @@ impl TestLeader {
             revocations,
             consensus,
             address,
+            election: rx,
             cancel,
             supervisor,
             _dir: dir,
