@@ -14,7 +14,7 @@ use tonic::Status;
 use tonic::codegen::BoxStream;
 
 use super::labels::sorted;
-use super::{is_decommissioning, node_id, reported_address, role_names, state_name};
+use super::{is_decommissioning, node_id, role_names, state_name};
 use crate::health::{self, Heartbeats};
 use crate::leader::Leader;
 use crate::leader::filter::NodeFilter;
@@ -143,11 +143,9 @@ pub(super) async fn delete_node(
     // only logged: the record is already gone, so failing the call would make the caller
     // retry into NotFound. A stale member is visible in etcd's member list and can be removed
     // by hand; a dead learner only blocks new learners, a dead voter counts against quorum.
-    match leader
-        .consensus
-        .remove_node(&id, reported_address(&record))
-        .await
-    {
+    // By node ID only: the address in the record is what the node reported about itself,
+    // and a node claiming a voter's address must not take that voter with it.
+    match leader.consensus.remove_node(&id).await {
         Ok(true) => tracing::info!("removed the etcd member of deleted node {id}"),
         Ok(false) => {}
         Err(e) => {
