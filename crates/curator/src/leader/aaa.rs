@@ -38,7 +38,10 @@ impl Aaa for AaaService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the first message must carry parameters"))?;
-        let replies = escrow(&self.0, first, transport_key).await?;
+        let replies = {
+            let _turn = self.0.admit_unauthenticated().await?;
+            escrow(&self.0, first, transport_key).await?
+        };
         Ok(Response::new(Box::pin(stream::iter(replies))))
     }
 }

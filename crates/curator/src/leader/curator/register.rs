@@ -122,17 +122,14 @@ async fn ensure_join_key_free(
     }
 }
 
-/// Checks the register ticket (created on first use) in constant time; PermissionDenied on a
-/// mismatch.
+/// Checks the register ticket in constant time; PermissionDenied on a mismatch. The caller is
+/// unauthenticated, so this takes no lock and writes nothing: one read of the ticket. A cluster
+/// that never issued a ticket (GetRegisterTicket creates it) has none to match.
 async fn check_ticket(leader: &Leader, given: &[u8]) -> Result<(), Status> {
-    let expected = {
-        let _ticket = leader.ticket_lock.lock().await;
-        cluster::ensure_register_ticket(&leader.leadership).await?
-    };
-    if ticket_matches(&expected, given) {
-        Ok(())
-    } else {
-        Err(Status::permission_denied("invalid register ticket"))
+    let expected = cluster::register_ticket(&leader.leadership).await?;
+    match expected {
+        Some(expected) if ticket_matches(&expected, given) => Ok(()),
+        _ => Err(Status::permission_denied("invalid register ticket")),
     }
 }
 
@@ -188,10 +185,14 @@ pub(super) async fn commit_node(
     let security = storage_security(req.storage_security)?;
 
     let l = &leader.leadership;
+    let id = identity::node_id(&node_key);
+    // The caller is unauthenticated: look its node up before taking the nodes lock, so that
+    // callers with unknown (or not yet approved) keys cost a read and never hold up the
+    // cluster's managers. Checked again under the lock, where the state change happens.
+    check_committable(&node::load(l, &id).await?)?;
     let _nodes = leader.nodes_lock.lock().await;
     let config = cluster::configuration(l).await?;
     cluster::validate_storage(&config, security)?;
-    let id = identity::node_id(&node_key);
     let mut record = node::load(l, &id).await?;
     check_committable(&record)?;
     if security != NodeStorageSecurity::Insecure
@@ -258,8 +259,10 @@ pub(super) async fn join_node(
         Status::permission_denied("JoinNode needs a self-signed certificate of the join key")
     })?;
 
+    // No lock: JoinNode only reads, and its caller is unauthenticated. Each read is
+    // consistent on its own; a record that changes between them is caught by the join-key
+    // and state checks below, which look at the record itself.
     let l = &leader.leadership;
-    let _nodes = leader.nodes_lock.lock().await;
     let id = node::id_by_join_key(l, join_key.as_bytes()).await?;
     let record = node::load(l, &id).await?;
     // The index is only a lookup aid; the record is the truth. A stale entry (which
