@@ -92,8 +92,11 @@ impl Leader {
     /// Waits for a turn of a call without cluster credentials; hold the permit while
     /// working on it. Unavailable if none comes within [`UNAUTHENTICATED_ADMISSION_WAIT`].
     pub async fn admit_unauthenticated(&self) -> Result<SemaphorePermit<'_>, Status> {
-        match tokio::time::timeout(UNAUTHENTICATED_ADMISSION_WAIT, self.unauthenticated.acquire())
-            .await
+        match tokio::time::timeout(
+            UNAUTHENTICATED_ADMISSION_WAIT,
+            self.unauthenticated.acquire(),
+        )
+        .await
         {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(Status::unavailable("the curator leader is shutting down")),
