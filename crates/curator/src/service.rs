@@ -89,15 +89,24 @@ impl Curator {
             self.config.leader_ttl,
             self.election.clone(),
         );
-        let election_ns = ns.clone();
+        let (election_ns, consensus) = (ns.clone(), self.config.consensus.clone());
         ctx.run(
             "election",
             supervisor::runnable(move |ctx| {
                 let (ns, node_id, tx) = (election_ns.clone(), node_id.clone(), tx.clone());
+                let consensus = consensus.clone();
                 async move {
+                    // Its own thread, runtime and etcd connection (see `election`): the token
+                    // stops it, and this runnable lives as long as it does.
+                    let token = ctx.token();
+                    let thread = election::spawn(consensus, ns, node_id, ttl, tx, token.clone())
+                        .map_err(|e| format!("starting the election thread: {e}"))?;
                     ctx.signal_healthy();
-                    election::run(ns, node_id, ttl, tx, ctx.token()).await;
-                    Ok(())
+                    match thread.finished().await {
+                        true if token.is_cancelled() => Ok(()),
+                        true => Err("the election thread ended".into()),
+                        false => Err("the election thread panicked".into()),
+                    }
                 }
             }),
         )?;

@@ -114,13 +114,15 @@ impl TestLeader {
 
         let cancel = CancellationToken::new();
         let (tx, mut rx) = watch::channel(ElectionStatus::Unknown);
-        tokio::spawn(election::run(
+        election::spawn(
+            consensus.clone(),
             ns,
             credentials.node_id(),
             election::DEFAULT_LEADER_TTL,
             tx,
             cancel.clone(),
-        ));
+        )
+        .expect("election thread");
         let leadership = tokio::time::timeout(START_TIMEOUT, async {
             loop {
                 if let ElectionStatus::Leader(l) = rx.borrow_and_update().clone() {

@@ -57,6 +57,8 @@ pub struct Leader {
     pub revocations: rpc::RevocationSet,
     /// Turns of the calls without cluster credentials ([`MAX_UNAUTHENTICATED_IN_FLIGHT`]).
     unauthenticated: Semaphore,
+    /// Where GetNodes filters run: off the runtime, bounded (see [`filter`]).
+    pub filters: filter::FilterPool,
 }
 
 impl std::fmt::Debug for Leader {
@@ -86,6 +88,7 @@ impl Leader {
             ticket_lock: Mutex::new(()),
             revocations,
             unauthenticated: Semaphore::new(MAX_UNAUTHENTICATED_IN_FLIGHT),
+            filters: filter::FilterPool::default(),
         })
     }
 

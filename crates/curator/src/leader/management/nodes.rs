@@ -17,7 +17,6 @@ use super::labels::sorted;
 use super::{is_decommissioning, node_id, role_names, state_name};
 use crate::health::{self, Heartbeats};
 use crate::leader::Leader;
-use crate::leader::filter::NodeFilter;
 use crate::state::{NodeRecord, node, pki};
 
 /// Every node (or those the CEL filter selects) with its health, from one read.
@@ -26,7 +25,7 @@ pub(super) async fn get_nodes(
     req: GetNodesRequest,
 ) -> Result<BoxStream<api::Node>, Status> {
     // Compile first: a broken filter costs no etcd read.
-    let filter = NodeFilter::compile(&req.filter)?;
+    let filter = leader.filters.compile(req.filter).await?;
     let records = {
         let _guard = leader.nodes_lock.lock().await;
         node::load_all(&leader.leadership).await?
@@ -39,7 +38,7 @@ pub(super) async fn get_nodes(
         .collect();
     // Evaluated before streaming, so a filter error is the call's status rather than a stream
     // cut off halfway.
-    let selected = filter.select(nodes)?;
+    let selected = leader.filters.select(&filter, nodes).await?;
     Ok(Box::pin(futures::stream::iter(
         selected.into_iter().map(Ok),
     )))
