@@ -1,4 +1,5 @@
-//! The curator runnable: election, listener and CRL follower as supervised children.
+//! The curator runnable: election, listener and revocation follower as supervised children;
+//! the revocations are loaded before anything is served.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,7 +112,21 @@ impl Curator {
             }),
         )?;
 
+        // Nothing is served before the revocations are known: a deleted node must not get
+        // in through a curator that has just started.
         let revocations = self.config.revocations.clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match crate::revocation::load(&ns, &revocations).await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!("loading revocations before serving: {e}"),
+            }
+            tokio::select! {
+                _ = ctx.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
         ctx.run(
             "revocation",
             supervisor::runnable(move |ctx| {
@@ -119,7 +134,7 @@ impl Curator {
                 async move {
                     ctx.signal_healthy();
                     tokio::select! {
-                        r = crate::revocation::follow_crl(ns, revocations) => r.map_err(Into::into),
+                        r = crate::revocation::follow(ns, revocations) => r.map_err(Into::into),
                         _ = ctx.cancelled() => Ok(()),
                     }
                 }

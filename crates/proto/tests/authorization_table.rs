@@ -60,6 +60,13 @@ fn spec_rows() -> Vec<(&'static str, &'static str, bool, Vec<P>)> {
             false,
             vec![P::UpdateNodeSelf],
         ),
+        // Ours: every node follows what the cluster revoked.
+        (
+            CURATOR,
+            "WatchRevocations",
+            false,
+            vec![P::ReadClusterStatus],
+        ),
         (CURATOR_LOCAL, "GetCurrentLeader", true, vec![]),
         // [HEAD] upstream addition.
         (CURATOR_LOCAL, "GetCACertificate", true, vec![]),

@@ -12,6 +12,8 @@
 //! * `statuspush`: UpdateNodeStatus whenever the status changes,
 //! * `heartbeat`: Curator.Heartbeat every 5 s,
 //! * `nodemgmt`: the NodeManagement service on port 7839,
+//! * `revocations`: what the cluster revoked (Curator.WatchRevocations), for this node's
+//!   servers,
 //! * `clusterdirectory`: keeps `esp/metropolis/cluster_directory.pb` current.
 
 pub mod clusterdir;
@@ -19,6 +21,7 @@ pub mod controlplane;
 pub mod heartbeat;
 pub mod membership;
 pub mod nodemgmt;
+pub mod revocations;
 pub mod rolefetch;
 pub mod statuspush;
 
@@ -51,7 +54,8 @@ pub struct NodeEnv {
     pub etcd_binary: PathBuf,
     /// Curator leader lease TTL.
     pub leader_ttl: Duration,
-    /// Revoked certificates, shared by all servers of this node (fed by the local curator).
+    /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
+    /// worker, and by the local curator where one runs).
     pub revocations: RevocationSet,
     /// Identifies this run of the node ([HEAD] NodeStatus.boot_id): upstream reads the
     /// kernel's boot ID; for a node process, every start is a boot.
@@ -257,6 +261,7 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
     ctx.run("statuspush", statuspush::runnable(rs.clone()))?;
     ctx.run("heartbeat", heartbeat::runnable(rs.clone()))?;
     ctx.run("nodemgmt", nodemgmt::runnable(rs.clone()))?;
+    ctx.run("revocations", revocations::runnable(rs.clone()))?;
     ctx.run("clusterdirectory", clusterdir::runnable(rs.clone()))?;
     ctx.signal_healthy();
     ctx.cancelled().await;

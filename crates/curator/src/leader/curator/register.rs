@@ -48,6 +48,14 @@ pub(super) async fn register_node(
     let config = cluster::configuration(l).await?;
     let tpm_usage = cluster::tpm_usage(&config, req.have_local_tpm)?;
     let id = identity::node_id(&node_key);
+    // Deleting a node revokes its node ID for good: registered again, it could never
+    // authenticate. Say so now rather than after a manager approved it.
+    if node::is_deleted(l, &id).await? {
+        return Err(Status::failed_precondition(format!(
+            "node {id} was deleted from this cluster, and a deleted node's key stays revoked; \
+             reinstall the machine so that it registers with a new key"
+        )));
+    }
     ensure_join_key_free(l, &join_key, &id).await?;
 
     let record = match node::load_opt(l, &id).await? {

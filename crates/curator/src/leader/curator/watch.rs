@@ -100,12 +100,12 @@ async fn changes(
 /// [`MAX_BUFFERED_BYTES`] (and [`MAX_BUFFERED_EVENTS`]), which the returned stream drains.
 /// When the buffer is full the source is dropped and the returned stream ends with
 /// Unavailable at its next poll; when the returned stream is dropped, so is the source.
-fn pump<S>(events: S) -> BoxStream<WatchEvent>
+pub(super) fn pump<T, S>(events: S) -> BoxStream<T>
 where
-    S: Stream<Item = Result<WatchEvent, Status>> + Send + 'static,
+    T: Message + Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
 {
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<(Result<WatchEvent, Status>, usize)>(MAX_BUFFERED_EVENTS);
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Result<T, Status>, usize)>(MAX_BUFFERED_EVENTS);
     let buffered = Arc::new(AtomicUsize::new(0));
     let overflowed = Arc::new(AtomicBool::new(false));
     let (pumped, cut) = (buffered.clone(), overflowed.clone());

@@ -98,9 +98,10 @@ pub(super) async fn decommission_node(
     Ok(DecommissionNodeResponse {})
 }
 
-/// Removes a node: its record and join-key index entry in one transaction. Beyond upstream,
-/// which leaves a deleted node able to authenticate: its certificate is revoked (and the
-/// issued copy dropped), its heartbeats forgotten and its etcd member removed.
+/// Removes a node: its record and join-key index entry in one transaction, leaving a
+/// tombstone. Beyond upstream, which leaves a deleted node able to authenticate: its node ID
+/// and certificate are revoked (and the issued copy dropped), so its open streams end with
+/// Unauthenticated, its heartbeats are forgotten and its etcd member removed.
 pub(super) async fn delete_node(
     leader: &Leader,
     req: DeleteNodeRequest,
@@ -126,8 +127,10 @@ pub(super) async fn delete_node(
     // finds no node) and the node would keep authenticating.
     let serial = pki::revoke_node(leader.ns(), &record.public_key()?).await?;
     node::delete(&leader.leadership, &record).await?;
-    // Refuse the node here from its very next call; other curators learn it from the CRL
-    // watch within milliseconds.
+    // Refuse the node here from its very next call, and end its open streams; other
+    // curators learn it from the tombstone and the CRL within milliseconds, other nodes from
+    // the leader (Curator.WatchRevocations).
+    leader.revocations.revoke_node(&id);
     if let Some(serial) = serial {
         leader.revocations.revoke_serial(&serial);
     }
