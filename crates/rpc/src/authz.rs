@@ -60,10 +60,13 @@ pub struct ServerSecurity {
     classified: Arc<Mutex<Classified>>,
 }
 
+/// What [`peer::identify`] says about a certificate: who it is and its serial, or why not.
+type Identified = Result<(Identity, Option<Vec<u8>>), Status>;
+
 /// Remembered classifications, by certificate DER.
 #[derive(Debug, Default)]
 struct Classified {
-    authenticated: HashMap<Vec<u8>, Result<(Identity, Option<Vec<u8>>), Status>>,
+    authenticated: HashMap<Vec<u8>, Identified>,
     unauthenticated: HashMap<Vec<u8>, PeerInfo>,
 }
 
@@ -122,10 +125,7 @@ impl ServerSecurity {
     }
 
     /// [`peer::identify`], remembered per certificate.
-    fn identify(
-        &self,
-        certs: Option<&[rustls_pki_types::CertificateDer<'_>]>,
-    ) -> Result<(Identity, Option<Vec<u8>>), Status> {
+    fn identify(&self, certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> Identified {
         let Some([one]) = certs else {
             return peer::identify(certs, &self.cluster_ca);
         };

@@ -38,10 +38,7 @@ impl Aaa for AaaService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("the first message must carry parameters"))?;
-        let replies = {
-            let _turn = self.0.admit_unauthenticated().await?;
-            escrow(&self.0, first, transport_key).await?
-        };
+        let replies = escrow(&self.0, first, transport_key).await?;
         Ok(Response::new(Box::pin(stream::iter(replies))))
     }
 }
@@ -86,6 +83,9 @@ async fn escrow(
             "certificates can only be escrowed for the key the connection was made with",
         ));
     }
+    // The caller is unauthenticated until its key is the owner's: it takes its turn among
+    // the others for the check (see `Leader::admit_unauthenticated`).
+    let turn = leader.admit_unauthenticated().await?;
     // Spec 4.9: a missing or unreadable initial owner is FailedPrecondition, not the store
     // error it would otherwise map to.
     let owner = match cluster::initial_owner(&leader.leadership).await {
@@ -103,6 +103,7 @@ async fn escrow(
             "this key is not the cluster owner's key",
         ));
     }
+    drop(turn);
     let certificate = pki::ensure_owner_certificate(leader.ns(), &requested).await?;
     tracing::info!("owner certificate escrowed");
     Ok(vec![Ok(EscrowFromServer {

@@ -67,7 +67,6 @@ impl Curator for CuratorService {
         request: Request<api::RegisterNodeRequest>,
     ) -> Result<Response<api::RegisterNodeResponse>, Status> {
         let peer = peer(&request)?;
-        let _turn = self.0.admit_unauthenticated().await?;
         register::register_node(&self.0, &peer, request.into_inner())
             .await
             .map(Response::new)
@@ -78,7 +77,6 @@ impl Curator for CuratorService {
         request: Request<api::CommitNodeRequest>,
     ) -> Result<Response<api::CommitNodeResponse>, Status> {
         let peer = peer(&request)?;
-        let _turn = self.0.admit_unauthenticated().await?;
         register::commit_node(&self.0, &peer, request.into_inner())
             .await
             .map(Response::new)
@@ -89,7 +87,6 @@ impl Curator for CuratorService {
         request: Request<api::JoinNodeRequest>,
     ) -> Result<Response<api::JoinNodeResponse>, Status> {
         let peer = peer(&request)?;
-        let _turn = self.0.admit_unauthenticated().await?;
         register::join_node(&self.0, &peer, request.into_inner())
             .await
             .map(Response::new)

@@ -94,8 +94,9 @@ impl Leader {
         })
     }
 
-    /// Waits for a turn of a call without cluster credentials; hold the permit while
-    /// working on it. Unavailable if none comes within [`UNAUTHENTICATED_ADMISSION_WAIT`].
+    /// Waits for a turn of a call without cluster credentials; hold the permit until the
+    /// caller's ticket or key has checked out. Unavailable if none comes within
+    /// [`UNAUTHENTICATED_ADMISSION_WAIT`].
     pub async fn admit_unauthenticated(&self) -> Result<SemaphorePermit<'_>, Status> {
         match tokio::time::timeout(
             UNAUTHENTICATED_ADMISSION_WAIT,

@@ -2,6 +2,10 @@
 //! spec 4.9. All three are called without cluster credentials: the caller proves possession of
 //! a key with a self-signed certificate — the node key for RegisterNode/CommitNode, the join
 //! key for JoinNode.
+//!
+//! Anyone can call them, so until its ticket or key has checked out a caller holds no
+//! cluster-wide lock and takes its turn among the other unauthenticated callers
+//! ([`Leader::admit_unauthenticated`]); the turn is given back as soon as the check passes.
 
 use identity::PublicKey;
 use proto::common::cluster_configuration::TpmMode;
@@ -41,7 +45,9 @@ pub(super) async fn register_node(
             req.join_key.len()
         ))
     })?;
+    let turn = leader.admit_unauthenticated().await?;
     check_ticket(leader, &req.register_ticket).await?;
+    drop(turn);
 
     let l = &leader.leadership;
     let _nodes = leader.nodes_lock.lock().await;
@@ -197,7 +203,9 @@ pub(super) async fn commit_node(
     // The caller is unauthenticated: look its node up before taking the nodes lock, so that
     // callers with unknown (or not yet approved) keys cost a read and never hold up the
     // cluster's managers. Checked again under the lock, where the state change happens.
+    let turn = leader.admit_unauthenticated().await?;
     check_committable(&node::load(l, &id).await?)?;
+    drop(turn);
     let _nodes = leader.nodes_lock.lock().await;
     let config = cluster::configuration(l).await?;
     cluster::validate_storage(&config, security)?;
@@ -271,6 +279,7 @@ pub(super) async fn join_node(
     // consistent on its own; a record that changes between them is caught by the join-key
     // and state checks below, which look at the record itself.
     let l = &leader.leadership;
+    let turn = leader.admit_unauthenticated().await?;
     let id = node::id_by_join_key(l, join_key.as_bytes()).await?;
     let record = node::load(l, &id).await?;
     // The index is only a lookup aid; the record is the truth. A stale entry (which
@@ -278,6 +287,7 @@ pub(super) async fn join_node(
     if record.node.join_key != join_key.as_bytes() {
         return Err(Status::not_found("no node with this join key"));
     }
+    drop(turn);
     let config = cluster::configuration(l).await?;
     check_sealing(&config, &record, req.using_sealed_configuration)?;
     if record.state() != NodeState::Up {

@@ -78,15 +78,22 @@ pub const MAX_COST_PER_CALL: u64 = 100_000_000;
 pub const EVALUATION_BUDGET: Duration = Duration::from_secs(5);
 
 /// Filter evaluations running at once; more are refused (ResourceExhausted). Evaluation is
-/// CPU-bound: two threads leave the rest of a small control-plane machine (two cores here) to
-/// the curator's runtime and to etcd, whatever the callers send.
-pub const MAX_CONCURRENT_EVALUATIONS: usize = 2;
+/// CPU-bound: with two, a small control-plane machine (two cores here) had both cores busy
+/// evaluating under attack and answered other calls up to 200 ms late; one leaves a core to
+/// the curator's runtime and to etcd, whatever the callers send. Evaluation threads also run
+/// at a lower priority ([`EVALUATION_NICE`]).
+pub const MAX_CONCURRENT_EVALUATIONS: usize = 1;
+
+/// The nice value of evaluation (and parsing) threads: the kernel gives a runnable thread
+/// of the curator's runtime about ten times their share of a busy core, so filters get what
+/// the runtime leaves.
+pub const EVALUATION_NICE: i32 = 10;
 
 /// Filters parsed at once. Parsing a filter of [`MAX_FILTER_BYTES`] takes milliseconds (tens
 /// in a debug build) — too long for the async runtime when many arrive together — so it runs
-/// on blocking threads too; callers beyond this wait their turn for up to
+/// on low-priority threads too; callers beyond this wait their turn for up to
 /// [`COMPILE_WAIT`].
-pub const MAX_CONCURRENT_COMPILES: usize = 2;
+pub const MAX_CONCURRENT_COMPILES: usize = 1;
 
 /// How long a filter waits for its turn to be parsed before the call is refused
 /// (ResourceExhausted): many times a parse, so only a flood of filters hits it.
@@ -224,12 +231,11 @@ impl FilterPool {
                 ))
             })?
             .map_err(|_| Status::unavailable("the filter pool is shut down"))?;
-        tokio::task::spawn_blocking(move || {
+        off_runtime("curator-filter-parse", move || {
             let _permit = permit;
             NodeFilter::compile(&source)
         })
         .await
-        .map_err(|e| Status::internal(format!("parsing the filter failed: {e}")))?
     }
 
     /// Evaluations that could start now.
@@ -270,13 +276,35 @@ impl FilterPool {
         // std's clock, not tokio's: the check runs on a blocking thread, outside the runtime.
         let deadline = std::time::Instant::now() + self.budget;
         let budget = self.budget;
-        let job = tokio::task::spawn_blocking(move || {
+        off_runtime("curator-filter-eval", move || {
             let _permit = permit;
             evaluate(&program, nodes, &stopped, Some((deadline, budget)))
-        });
-        job.await
-            .map_err(|e| Status::internal(format!("filter evaluation failed: {e}")))?
+        })
+        .await
     }
+}
+
+/// Runs `job` on a thread of its own at [`EVALUATION_NICE`] (a thread per job: creating one
+/// costs far less than any evaluation, and its lowered priority stays with it instead of
+/// with a pool thread that later runs something else).
+async fn off_runtime<T, F>(name: &str, job: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let tid = rustix::thread::gettid();
+            if let Err(e) = rustix::process::setpriority_process(Some(tid), EVALUATION_NICE) {
+                tracing::debug!("cannot lower the priority of a filter thread: {e}");
+            }
+            let _ = tx.send(job());
+        })
+        .map_err(|e| Status::unavailable(format!("cannot start a filter thread: {e}")))?;
+    rx.await
+        .map_err(|_| Status::internal("the filter thread ended without a result"))?
 }
 
 /// Sets its flag when dropped: the evaluation of a call whose future was dropped stops.
