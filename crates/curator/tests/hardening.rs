@@ -283,10 +283,18 @@ async fn filter_bombs_do_not_stall_the_leader() {
     );
     assert!(seen.lease_lost_after.is_none(), "{}", seen.summary());
     assert!(still_leader(&t), "the leader lost its leadership");
+    // Refused as a filter over the limits, or (if many arrive at once) as more filters than
+    // the leader parses at a time; either way at once, never evaluated.
     for (took, r) in bomb_codes {
-        assert_eq!(r, Some(Err(Code::InvalidArgument)), "bomb answered {r:?}");
         assert!(
-            took < Duration::from_secs(1),
+            matches!(
+                r,
+                Some(Err(Code::InvalidArgument)) | Some(Err(Code::ResourceExhausted))
+            ),
+            "bomb answered {r:?}"
+        );
+        assert!(
+            took < Duration::from_secs(3),
             "bomb refused only after {took:?}"
         );
     }

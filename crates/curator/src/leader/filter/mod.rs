@@ -226,8 +226,8 @@ impl FilterPool {
             .await
             .map_err(|_| {
                 Status::resource_exhausted(format!(
-                    "{MAX_CONCURRENT_COMPILES} filters are being parsed and more are waiting; \
-                     retry later"
+                    "too many filters are waiting to be parsed (the limit is \
+                     {MAX_CONCURRENT_COMPILES} at a time); retry later"
                 ))
             })?
             .map_err(|_| Status::unavailable("the filter pool is shut down"))?;
@@ -267,7 +267,7 @@ impl FilterPool {
         }
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
-                "{} filter evaluations are already running (the limit); retry later",
+                "the limit of {} concurrent filter evaluations is reached; retry later",
                 self.capacity
             ))
         })?;
@@ -838,7 +838,10 @@ mod tests {
             .await
             .expect_err("the pool is busy");
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
-        assert!(e.message().contains("already running"), "{e:?}");
+        assert!(
+            e.message().contains("concurrent filter evaluations"),
+            "{e:?}"
+        );
         first.await.expect("task").expect("the first call finishes");
         assert_eq!(pool.available(), 1);
 
