@@ -4,6 +4,8 @@
 # google/protobuf/descriptor.proto; Debian's protobuf-compiler only *recommends* libprotobuf-dev,
 # which ships them; our own protos are compiled by protox) and PostgreSQL (BMDB tests).
 # scripts/probe-deps.sh then proves each piece works and names the package that is missing.
+# The cargo tools (cargo-nextest, and cargo-deny for `make lint`) are installed with
+# `cargo install --locked` when missing; cargo-deny takes several minutes to build once.
 
 CARGO ?= cargo
 DEBIAN_PACKAGES := etcd-server protobuf-compiler libprotobuf-dev postgresql
@@ -27,10 +29,13 @@ deps:
 	else echo "deps: all Debian packages present"; fi
 	@scripts/probe-deps.sh
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
 
+# Licences and banned crates (deny.toml): only permissive licences, no OpenSSL or aws-lc.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny check --hide-inclusion-graph licenses bans
 
 # End-to-end tests run the real binaries (metropolis-node, metroctl), which nextest does not
 # build for other crates' tests: build them first.
@@ -38,15 +43,19 @@ unit:
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace
 
-# A local multi-node cluster on 127.77.0.x; Ctrl-C stops it.
+# A local multi-node cluster on 127.77.0.x; Ctrl-C stops it. Only the production packages are
+# built: bench enables curator's test harness (feature `testing`), and one cargo invocation
+# unifies features, so building it alongside would compile the harness into the node.
 cluster: deps
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release -p node -p metroctl -p launch
 	target/release/launch-cluster --nodes $(NODES)
 
 # Benchmarks against raw etcd/PostgreSQL (release build, ~5 min); rewrites BENCHMARKS.md.
 # One scenario: `make bench BENCH=heartbeat`; smoke run: `make bench BENCH_ARGS=--quick`.
+# The node and bench are built by separate invocations so the node is built as released,
+# without the curator test harness bench enables (see `cluster`).
 bench: deps
-	$(CARGO) build --release -p node -p bench
+	$(CARGO) build --release -p node
 	$(CARGO) run --release -p bench -- $(BENCH) $(BENCH_ARGS)
 
 test: deps lint unit

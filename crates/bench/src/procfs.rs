@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 
 /// Clock ticks per second of the utime/stime fields. USER_HZ is 100 on every Linux
 /// architecture we run on (it is fixed in the kernel ABI, independent of CONFIG_HZ), which
-/// spares us an unsafe sysconf call.
+/// spares us a sysconf(_SC_CLK_TCK) call.
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// `self` or a pid, as /proc names them.

@@ -153,28 +153,14 @@ struct Entry {
 
 /// Prints the table of `results` to stdout.
 pub fn print(results: &[(String, ScenarioResult)]) {
-    let rows: Vec<[String; 5]> = results
+    let rows: Vec<Vec<String>> = results
         .iter()
-        .flat_map(|(_, r)| r.rows.iter().map(Row::cells))
+        .flat_map(|(_, r)| r.rows.iter().map(|row| row.cells().to_vec()))
         .collect();
-    let header = ["scenario", "metric", "ours", "baseline", "ratio"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String; 5]| {
-        let mut s = String::new();
-        for (c, w) in cells.iter().zip(widths) {
-            let _ = write!(s, "{c:<w$}  ");
-        }
-        println!("{}", s.trim_end());
-    };
-    line(&header);
-    for row in &rows {
-        line(row);
-    }
+    print!(
+        "{}",
+        tabular::render(&["scenario", "metric", "ours", "baseline", "ratio"], &rows)
+    );
     for (name, r) in results {
         if let Some(e) = &r.error {
             println!("{name}: FAILED: {e}");

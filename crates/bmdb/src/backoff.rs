@@ -1,4 +1,4 @@
-//! Backoff after failed work (spec 9.3): how long a machine is hidden from a process after that
+//! Backoff after failed work: how long a machine is hidden from a process after that
 //! process failed on it.
 //!
 //! Intervals are whole seconds (they are persisted as `work_backoff.last_interval_seconds`).

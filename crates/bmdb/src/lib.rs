@@ -16,8 +16,7 @@
 //! also accepts, so an operator can point a deployment at CockroachDB; places where that
 //! constrains a choice say so.
 
-// Only `throwaway::sys` (a parent-death signal for the child PostgreSQL) needs unsafe code.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod connection;

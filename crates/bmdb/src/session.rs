@@ -1,4 +1,4 @@
-//! Sessions: a component's liveness in the BMDB (spec 9.3).
+//! Sessions: a component's liveness in the BMDB.
 //!
 //! A session is a row with a deadline of `now() + interval` (database clock, so that every
 //! component agrees). A background task pokes it every `interval / 2`, in a transaction that

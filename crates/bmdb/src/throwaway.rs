@@ -21,8 +21,6 @@
 //! [`shared`] is one server per process (tests); [`fresh_database`] gives each test its own
 //! database on it, so tests run in parallel without seeing each other's rows.
 
-mod sys;
-
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Read;
@@ -104,7 +102,7 @@ impl Postgres {
     /// Blocking (about 0.1 s with a cached template, 1 s without).
     pub fn start(options: &Options) -> Result<Postgres> {
         let bin = find_bin_dir()?;
-        let run_as = if sys::geteuid() == 0 {
+        let run_as = if rustix::process::geteuid().is_root() {
             Some(lookup_user(SUPERUSER)?)
         } else {
             None
@@ -172,7 +170,7 @@ impl Postgres {
             // under it; the owner stops it when it is done with it.
             .process_group(0);
         as_user(&mut cmd, run_as);
-        sys::set_parent_death_signal(&mut cmd, libc::SIGTERM);
+        sys::set_parent_death_signal(&mut cmd, sys::Signal::TERM);
 
         let exited = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -503,7 +501,7 @@ fn template_key(bin: &Path, run_as: Option<(u32, u32)>) -> String {
         meta.modified().ok().hash(&mut h);
     }
     run_as.hash(&mut h);
-    sys::geteuid().hash(&mut h);
+    rustix::process::geteuid().as_raw().hash(&mut h);
     format!("{:016x}", h.finish())
 }
 

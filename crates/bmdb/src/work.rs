@@ -1,4 +1,4 @@
-//! Work: a session's exclusive claim on a machine for one process (spec 9.3).
+//! Work: a session's exclusive claim on a machine for one process.
 //!
 //! [`Session::work`] picks a machine and claims it (`work` row, unique per machine and
 //! process across all sessions); the claim ends with [`Work::finish`] (success: the backoff is

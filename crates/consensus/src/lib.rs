@@ -2,8 +2,8 @@
 //!
 //! The Debian `etcd` binary runs as a supervised child process of the node (never as a system
 //! service): clients reach it over a unix socket in the node's ephemeral directory, peers over
-//! TLS with Ed25519 certificates from an etcd peer CA that lives inside etcd itself (spec 6,
-//! upstream `metropolis/node/core/consensus`).
+//! TLS with Ed25519 certificates from an etcd peer CA that lives inside etcd itself (as
+//! upstream's `metropolis/node/core/consensus`).
 //!
 //! * [`Service::run`] is the supervisor runnable: PKI bootstrap on first start (etcd without
 //!   peers, CA and member certificate created inside it, written to disk, etcd stopped), then
@@ -17,7 +17,7 @@
 //!   promotes learners) and the self-updater (sets the member's peer URL once, because the
 //!   bootstrap member first registered a plain-HTTP one).
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod config;
 mod error;

@@ -1,4 +1,4 @@
-//! The etcd peer PKI (spec 1.3, 6.2): a CA named `CA` in namespace `/pki/` of the
+//! The etcd peer PKI: a CA named `CA` in namespace `/pki/` of the
 //! `namespaced:etcd-pki/` keyspace, and one member certificate per node, named by its node ID
 //! and issued for the node key. The certificates carry the node's IP as a SAN because peers
 //! dial each other by IP here (see [`crate::Config::address`]).

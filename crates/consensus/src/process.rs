@@ -108,16 +108,15 @@ impl EtcdProcess {
 }
 
 /// Sends SIGTERM to a child we spawned and have not reaped yet (so the pid cannot have been
-/// reused). `unsafe` only because libc's bindings are; kill(2) has no memory-safety conditions.
-#[allow(unsafe_code)]
+/// reused). An error means it is already gone, which the caller's wait observes either way.
 fn terminate(pid: u32) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
 }
 
 fn args(config: &Config, mode: &Mode) -> Vec<String> {

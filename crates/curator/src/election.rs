@@ -1,5 +1,5 @@
 //! Curator leader election over etcd, and the leadership guard every leader operation runs
-//! under (spec 4.1).
+//! under.
 //!
 //! The recipe is etcd's own: every candidate holds a lease and a key `/leader/<lease hex>`
 //! bound to it; the key with the lowest create revision is the leader. Followers watch the

@@ -22,11 +22,17 @@ use proto::common::{NodeRoles, NodeState, NodeStatus, NodeStorageSecurity, NodeT
 use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::{CommitNodeRequest, RegisterNodeRequest, WatchRequest, watch_request};
 use proto::curator_private::Node;
+use rpc::RetryPolicy;
 use rpc::leader::{LeaderChannel, LeaderOptions};
+use rpc::retry::DEFAULT_BACKOFF;
 use rpc::{ClientCredentials, ServerVerification};
 use supervisor::Supervisor;
 use tempfile::TempDir;
+use test_support::{LoopbackBlock, eventually};
 use tokio::sync::watch;
+
+/// Up to 100 attempts, without a deadline: the tests bound their waits themselves.
+const PATIENT: RetryPolicy = RetryPolicy::forever(DEFAULT_BACKOFF).with_attempts(Some(100));
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -122,12 +128,10 @@ async fn write_member_record(
     .expect("write record");
 }
 
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_for(what: &str, f: impl AsyncFnMut() -> bool) {
+    eventually(TIMEOUT, f)
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
 }
 
 fn leader_of(nodes: &[ClusterNode]) -> Vec<usize> {
@@ -142,8 +146,10 @@ fn leader_of(nodes: &[ClusterNode]) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_followers_redirect_and_failover() {
     // Three etcd members.
-    let a = ClusterNode::start_consensus("127.84.2.1", SigningKey::generate().expect("key"), None)
-        .await;
+    let block = LoopbackBlock::allocate();
+    let a =
+        ClusterNode::start_consensus(&block.host(1), SigningKey::generate().expect("key"), None)
+            .await;
     let sa = a.consensus().await;
     let ns = sa.namespaced(&[curator::KEYSPACE]).expect("ns");
     let owner = SigningKey::generate().expect("key");
@@ -167,13 +173,13 @@ async fn one_leader_followers_redirect_and_failover() {
     .expect("bootstrap");
     // The bootstrap record has no address yet; give it one as status push would.
     let mut nodes = vec![a];
-    for ip in ["127.84.2.2", "127.84.2.3"] {
+    for ip in [block.host(2), block.host(3)] {
         let key = SigningKey::generate().expect("key");
         let join = sa
             .add_node(&key.public_key(), ip.parse().expect("ip"))
             .await
             .expect("add");
-        let node = ClusterNode::start_consensus(ip, key, Some(join.clone())).await;
+        let node = ClusterNode::start_consensus(&ip, key, Some(join.clone())).await;
         write_member_record(&ns, &node, &join).await;
         nodes.push(node);
     }
@@ -245,7 +251,7 @@ async fn one_leader_followers_redirect_and_failover() {
     )
     .expect("leader channel");
     let ticket = |lc: LeaderChannel| async move {
-        lc.call_with_retry(100, |ch| async move {
+        lc.call(&PATIENT, |ch| async move {
             ManagementClient::new(ch)
                 .get_register_ticket(GetRegisterTicketRequest {})
                 .await
@@ -327,7 +333,7 @@ async fn one_leader_followers_redirect_and_failover() {
         join_key: x_join.public_key().as_bytes().to_vec(),
         ..Default::default()
     };
-    x_lc.call_with_retry(100, |ch| {
+    x_lc.call(&PATIENT, |ch| {
         let r = register.clone();
         async move { CuratorClient::new(ch).register_node(r).await }
     })
@@ -340,7 +346,7 @@ async fn one_leader_followers_redirect_and_failover() {
     })
     .await;
     let x_pub = x.public_key().as_bytes().to_vec();
-    lc.call_with_retry(100, |ch| {
+    lc.call(&PATIENT, |ch| {
         let pubkey = x_pub.clone();
         async move {
             ManagementClient::new(ch)
@@ -355,7 +361,7 @@ async fn one_leader_followers_redirect_and_failover() {
         storage_security: NodeStorageSecurity::Encrypted as i32,
     };
     let committed = x_lc
-        .call_with_retry(100, |ch| {
+        .call(&PATIENT, |ch| {
             let c = commit.clone();
             async move { CuratorClient::new(ch).commit_node(c).await }
         })
@@ -377,7 +383,7 @@ async fn one_leader_followers_redirect_and_failover() {
         watch_code(nodes[follower].endpoint(), &x_creds, &ca, &x_id).await,
         tonic::Code::Unavailable
     );
-    lc.call_with_retry(100, |ch| {
+    lc.call(&PATIENT, |ch| {
         let pubkey = x_pub.clone();
         async move {
             ManagementClient::new(ch)

@@ -1,4 +1,4 @@
-//! A node's TLS credentials: node key, node certificate and cluster CA (spec §1.1).
+//! A node's TLS credentials: node key, node certificate and cluster CA.
 //!
 //! They live in `/data/node/credentials/` as `ca.pem`, `cert.pem` and `cert-key.pem`; the node
 //! reads them after its data partition is unlocked and serves with them. Construction always

@@ -1,16 +1,27 @@
 //! Ed25519 keys: the node key, join key, owner key and CA keys of a Metropolis cluster.
 //!
-//! Private keys are kept as their 32-byte seed. On disk they are PKCS#8 **v1** (the fixed
-//! 16-byte header followed by the seed) because that is the only Ed25519 form OpenSSL 3.0, Go
-//! and BoringSSL all read; rcgen and ring emit v2, which they refuse. Reading accepts both.
-//! The 64-byte form (seed || public key) is Go's `ed25519.PrivateKey` and is what the
+//! Private keys are kept as their 32-byte seed. On disk they are PKCS#8 **v1** (RFC 8410: the
+//! algorithm and the seed, no public key) because that is the only Ed25519 form OpenSSL 3.0,
+//! Go and BoringSSL all read; rcgen and ring emit v2 (with the public key), which they refuse.
+//! Reading accepts both. PKCS#8 is encoded and decoded by RustCrypto's `pkcs8` and `ed25519`
+//! crates. The 64-byte form (seed || public key) is Go's `ed25519.PrivateKey` and is what the
 //! SealedConfiguration join key, the pki crate's etcd key blobs and metroctl's owner key hold.
+//!
+//! Secret bytes this module hands out (seed, 64-byte form, PKCS#8 DER and PEM) are wrapped in
+//! [`Zeroizing`], and a [`SigningKey`] wipes its seed when dropped, so copies of a private key
+//! do not linger in freed memory. ring's expanded signing key, cached inside [`SigningKey`],
+//! is ring's to manage and is not wiped.
 
 use std::fmt;
 use std::path::Path;
 
+use ed25519::pkcs8::{ALGORITHM_OID, EncodePrivateKey as _, KeypairBytes};
+use pkcs8::der::Decode as _;
+use pkcs8::der::asn1::OctetStringRef;
+use pkcs8::{LineEnding, PrivateKeyInfoRef};
 use ring::rand::SecureRandom;
 use ring::signature::{self, KeyPair};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::files;
@@ -24,19 +35,10 @@ pub const SIGNATURE_LEN: usize = 64;
 /// Length of Go's `ed25519.PrivateKey`: seed followed by public key.
 pub const KEYPAIR_LEN: usize = SEED_LEN + PUBLIC_KEY_LEN;
 
-/// PKCS#8 v1 prefix for an Ed25519 key (RFC 8410 §7): SEQUENCE { INTEGER 0, SEQUENCE { OID
-/// 1.3.101.112 }, OCTET STRING { OCTET STRING (32 bytes) } }; the seed follows.
-pub const PKCS8_V1_HEADER: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-
 /// PEM label of PKCS#8 private keys.
 pub const PKCS8_PEM_TAG: &str = "PRIVATE KEY";
 /// PEM label metroctl uses for the raw 64-byte initial owner key.
 pub const OWNER_KEY_PEM_TAG: &str = "METROPOLIS INITIAL OWNER PRIVATE KEY";
-
-/// DER content bytes of the id-Ed25519 OID (1.3.101.112).
-const ED25519_OID: [u8; 3] = [0x2b, 0x65, 0x70];
 
 /// An Ed25519 public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,9 +117,9 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-/// An Ed25519 private key.
+/// An Ed25519 private key. Its seed is wiped when the key is dropped.
 pub struct SigningKey {
-    seed: [u8; SEED_LEN],
+    seed: Zeroizing<[u8; SEED_LEN]>,
     // Cached so signing does not redo the scalar multiplication; derived from `seed` only.
     pair: signature::Ed25519KeyPair,
     public: PublicKey,
@@ -132,24 +134,32 @@ impl SigningKey {
 
     /// Builds the key from a seed slice, checking its length.
     pub fn from_seed_slice(seed: &[u8]) -> Result<Self> {
-        let seed: [u8; SEED_LEN] = seed.try_into().map_err(|_| Error::BadKeyLength {
-            what: "Ed25519 seed",
-            expected: SEED_LEN,
-            got: seed.len(),
-        })?;
-        let pair = signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+        if seed.len() != SEED_LEN {
+            return Err(Error::BadKeyLength {
+                what: "Ed25519 seed",
+                expected: SEED_LEN,
+                got: seed.len(),
+            });
+        }
+        let mut own = Zeroizing::new([0u8; SEED_LEN]);
+        own.copy_from_slice(seed);
+        let pair = signature::Ed25519KeyPair::from_seed_unchecked(&own[..])
             .map_err(|e| Error::Pkcs8(format!("seed rejected: {e}")))?;
         let public = PublicKey::from_slice(pair.public_key().as_ref())?;
-        Ok(SigningKey { seed, pair, public })
+        Ok(SigningKey {
+            seed: own,
+            pair,
+            public,
+        })
     }
 
     /// Generates a fresh key from the operating system's random number generator.
     pub fn generate() -> Result<Self> {
-        let mut seed = [0u8; SEED_LEN];
+        let mut seed = Zeroizing::new([0u8; SEED_LEN]);
         ring::rand::SystemRandom::new()
-            .fill(&mut seed)
+            .fill(&mut seed[..])
             .map_err(|_| Error::Rng)?;
-        Self::from_seed_slice(&seed)
+        Self::from_seed_slice(&seed[..])
     }
 
     /// The public half.
@@ -174,10 +184,10 @@ impl SigningKey {
         &self.seed
     }
 
-    /// Go's 64-byte `ed25519.PrivateKey` form: seed || public key. Secret.
-    pub fn to_keypair_bytes(&self) -> [u8; KEYPAIR_LEN] {
-        let mut out = [0u8; KEYPAIR_LEN];
-        out[..SEED_LEN].copy_from_slice(&self.seed);
+    /// Go's 64-byte `ed25519.PrivateKey` form: seed || public key. Secret, wiped when dropped.
+    pub fn to_keypair_bytes(&self) -> Zeroizing<[u8; KEYPAIR_LEN]> {
+        let mut out = Zeroizing::new([0u8; KEYPAIR_LEN]);
+        out[..SEED_LEN].copy_from_slice(&self.seed[..]);
         out[SEED_LEN..].copy_from_slice(self.public.as_bytes());
         out
     }
@@ -198,25 +208,57 @@ impl SigningKey {
         Ok(key)
     }
 
-    /// PKCS#8 v1 DER (header + seed), the form OpenSSL and Go accept. Secret.
-    pub fn to_pkcs8_der(&self) -> Vec<u8> {
-        let mut der = Vec::with_capacity(PKCS8_V1_HEADER.len() + SEED_LEN);
-        der.extend_from_slice(&PKCS8_V1_HEADER);
-        der.extend_from_slice(&self.seed);
-        der
+    /// The PKCS#8 encoder's view of this key: the seed without the public key, which is what
+    /// makes the encoder write v1.
+    fn pkcs8_v1(&self) -> KeypairBytes {
+        KeypairBytes {
+            secret_key: *self.seed,
+            public_key: None,
+        }
     }
 
-    /// PKCS#8 v1 as PEM "PRIVATE KEY". Secret.
-    pub fn to_pkcs8_pem(&self) -> String {
-        files::to_pem(PKCS8_PEM_TAG, &self.to_pkcs8_der())
+    /// PKCS#8 v1 DER, the form OpenSSL and Go accept. Secret, wiped when dropped.
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        self.pkcs8_v1()
+            .to_pkcs8_der()
+            .expect("a 32-byte seed always encodes as PKCS#8")
+            .to_bytes()
     }
 
-    /// Reads PKCS#8 (v1 or v2) DER; non-Ed25519 keys are rejected with [`Error::NotEd25519`].
+    /// PKCS#8 v1 as PEM "PRIVATE KEY" (LF line endings, like OpenSSL). Secret, wiped when
+    /// dropped.
+    pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
+        self.pkcs8_v1()
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("a 32-byte seed always encodes as PKCS#8 PEM")
+    }
+
+    /// Reads PKCS#8 (v1 or v2) DER; non-Ed25519 keys are rejected with [`Error::NotEd25519`],
+    /// a v2 document whose public key does not belong to its seed with [`Error::KeyMismatch`].
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self> {
-        let parsed = parse_pkcs8(der)?;
-        let key = Self::from_seed_slice(parsed.seed)?;
-        if let Some(public) = parsed.public_key
-            && public != key.public.as_bytes()
+        let pkcs8_err = |e: pkcs8::Error| Error::Pkcs8(e.to_string());
+        let info = PrivateKeyInfoRef::try_from(der).map_err(pkcs8_err)?;
+        // Checked before the Ed25519 decoder runs so that the error names the algorithm found.
+        if info.algorithm.oid != ALGORITHM_OID {
+            return Err(Error::NotEd25519 {
+                algorithm: info.algorithm.oid.to_string(),
+            });
+        }
+        // RFC 8410: privateKey wraps a CurvePrivateKey, an OCTET STRING holding the seed. The
+        // Ed25519 decoder only says "malformed" for a wrong length; say which length it was.
+        let curve_key = <&OctetStringRef>::from_der(info.private_key.as_bytes())
+            .map_err(|e| Error::Pkcs8(format!("privateKey is not a CurvePrivateKey: {e}")))?;
+        if curve_key.as_bytes().len() != SEED_LEN {
+            return Err(Error::BadKeyLength {
+                what: "Ed25519 seed in PKCS#8",
+                expected: SEED_LEN,
+                got: curve_key.as_bytes().len(),
+            });
+        }
+        let parsed = KeypairBytes::try_from(info).map_err(pkcs8_err)?;
+        let key = Self::from_seed(&parsed.secret_key);
+        if let Some(public) = &parsed.public_key
+            && public.as_ref() != key.public.as_bytes()
         {
             return Err(Error::KeyMismatch);
         }
@@ -225,17 +267,23 @@ impl SigningKey {
 
     /// Reads a PEM "PRIVATE KEY" (PKCS#8 v1 or v2).
     pub fn from_pkcs8_pem(pem: impl AsRef<[u8]>) -> Result<Self> {
-        Self::from_pkcs8_der(&files::from_pem(PKCS8_PEM_TAG, pem)?)
+        let der = Zeroizing::new(files::from_pem(PKCS8_PEM_TAG, pem)?);
+        Self::from_pkcs8_der(&der)
     }
 
     /// metroctl's owner key file: PEM "METROPOLIS INITIAL OWNER PRIVATE KEY" holding 64 bytes.
-    pub fn to_owner_key_pem(&self) -> String {
-        files::to_pem(OWNER_KEY_PEM_TAG, &self.to_keypair_bytes())
+    /// Secret, wiped when dropped.
+    pub fn to_owner_key_pem(&self) -> Zeroizing<String> {
+        Zeroizing::new(files::to_pem(
+            OWNER_KEY_PEM_TAG,
+            &self.to_keypair_bytes()[..],
+        ))
     }
 
     /// Reads metroctl's owner key PEM.
     pub fn from_owner_key_pem(pem: impl AsRef<[u8]>) -> Result<Self> {
-        Self::from_keypair_bytes(&files::from_pem(OWNER_KEY_PEM_TAG, pem)?)
+        let bytes = Zeroizing::new(files::from_pem(OWNER_KEY_PEM_TAG, pem)?);
+        Self::from_keypair_bytes(&bytes)
     }
 
     /// Writes the key as PKCS#8 v1 PEM, atomically, mode 0600.
@@ -245,8 +293,8 @@ impl SigningKey {
 
     /// Reads a PKCS#8 PEM key file written by [`SigningKey::save`] (or OpenSSL, or Go).
     pub fn load(path: &Path) -> Result<Self> {
-        let data = files::read(path)?;
-        Self::from_pkcs8_pem(data).map_err(|e| files::with_path(path, e))
+        let data = Zeroizing::new(files::read(path)?);
+        Self::from_pkcs8_pem(&*data).map_err(|e| files::with_path(path, e))
     }
 }
 
@@ -272,126 +320,6 @@ impl fmt::Debug for SigningKey {
             .field("public", &self.public)
             .finish_non_exhaustive()
     }
-}
-
-/// The parts of an Ed25519 PKCS#8 document we need.
-struct Pkcs8<'a> {
-    seed: &'a [u8],
-    public_key: Option<&'a [u8]>,
-}
-
-/// Decodes OneAsymmetricKey (RFC 5958) far enough to get an Ed25519 seed, v1 or v2.
-fn parse_pkcs8(der: &[u8]) -> Result<Pkcs8<'_>> {
-    let bad = |m: &str| Error::Pkcs8(m.to_string());
-    let (tag, body, rest) = der_tlv(der)?;
-    if tag != 0x30 || !rest.is_empty() {
-        return Err(bad("not a single DER SEQUENCE"));
-    }
-    let (tag, version, body) = der_tlv(body)?;
-    if tag != 0x02 || !(version == [0] || version == [1]) {
-        return Err(bad("version must be INTEGER 0 (v1) or 1 (v2)"));
-    }
-    let (tag, alg, mut body) = der_tlv(body)?;
-    if tag != 0x30 {
-        return Err(bad("missing privateKeyAlgorithm"));
-    }
-    let (tag, oid, params) = der_tlv(alg)?;
-    if tag != 0x06 {
-        return Err(bad("privateKeyAlgorithm has no OID"));
-    }
-    if oid != ED25519_OID {
-        return Err(Error::NotEd25519 {
-            algorithm: oid_to_string(oid),
-        });
-    }
-    // RFC 8410: the parameters MUST be absent for Ed25519.
-    if !params.is_empty() {
-        return Err(bad("Ed25519 algorithm identifier must not have parameters"));
-    }
-    let (tag, private, rest) = der_tlv(body)?;
-    body = rest;
-    if tag != 0x04 {
-        return Err(bad("privateKey is not an OCTET STRING"));
-    }
-    let (tag, seed, rest) = der_tlv(private)?;
-    if tag != 0x04 || !rest.is_empty() {
-        return Err(bad(
-            "privateKey does not wrap a CurvePrivateKey OCTET STRING",
-        ));
-    }
-    if seed.len() != SEED_LEN {
-        return Err(Error::BadKeyLength {
-            what: "Ed25519 seed in PKCS#8",
-            expected: SEED_LEN,
-            got: seed.len(),
-        });
-    }
-    let mut public_key = None;
-    while !body.is_empty() {
-        let (tag, value, rest) = der_tlv(body)?;
-        body = rest;
-        match tag {
-            // [0] attributes: irrelevant to us.
-            0xa0 => {}
-            // [1] IMPLICIT BIT STRING publicKey (v2); first byte is the unused-bit count.
-            0x81 => match value.split_first() {
-                Some((0, key)) if key.len() == PUBLIC_KEY_LEN => public_key = Some(key),
-                _ => return Err(bad("malformed publicKey field")),
-            },
-            _ => return Err(bad("unexpected trailing field")),
-        }
-    }
-    Ok(Pkcs8 { seed, public_key })
-}
-
-/// Splits one DER TLV off `input`: (tag, contents, remainder). Only definite lengths.
-fn der_tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8])> {
-    let truncated = || Error::Pkcs8("truncated DER".to_string());
-    let (&tag, rest) = input.split_first().ok_or_else(truncated)?;
-    let (&len0, rest) = rest.split_first().ok_or_else(truncated)?;
-    let (len, rest) = if len0 < 0x80 {
-        (usize::from(len0), rest)
-    } else {
-        let n = usize::from(len0 & 0x7f);
-        // Keys are tiny; more than two length bytes (or indefinite length) is not a key.
-        if n == 0 || n > 2 || rest.len() < n {
-            return Err(Error::Pkcs8("unsupported DER length".to_string()));
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return Err(truncated());
-    }
-    Ok((tag, &rest[..len], &rest[len..]))
-}
-
-/// Dotted form of DER OID contents, for error messages.
-fn oid_to_string(content: &[u8]) -> String {
-    let mut arcs: Vec<u64> = Vec::new();
-    let mut acc: u64 = 0;
-    for &b in content {
-        acc = acc.saturating_mul(128) | u64::from(b & 0x7f);
-        if b & 0x80 == 0 {
-            if arcs.is_empty() {
-                let first = (acc / 40).min(2);
-                arcs.push(first);
-                arcs.push(acc - first * 40);
-            } else {
-                arcs.push(acc);
-            }
-            acc = 0;
-        }
-    }
-    if arcs.is_empty() {
-        return format!("<malformed OID {}>", hex::encode(content));
-    }
-    arcs.iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 #[cfg(test)]
@@ -584,15 +512,15 @@ mod tests {
         assert_eq!(&b[..32], k.seed());
         assert_eq!(&b[32..], k.public_key().as_bytes());
         assert_eq!(
-            SigningKey::from_keypair_bytes(&b)
+            SigningKey::from_keypair_bytes(&b[..])
                 .expect("round trip")
                 .public_key(),
             k.public_key()
         );
-        let mut bad = b;
+        let mut bad = b.clone();
         bad[40] ^= 0xff;
         assert!(matches!(
-            SigningKey::from_keypair_bytes(&bad),
+            SigningKey::from_keypair_bytes(&bad[..]),
             Err(Error::KeyMismatch)
         ));
         assert!(matches!(
@@ -670,16 +598,18 @@ mod tests {
         let k = SigningKey::load(&p).expect("load OpenSSL key");
         // Writing it back gives exactly what OpenSSL wrote (both are PKCS#8 v1).
         let written = std::fs::read_to_string(&p).expect("read");
-        assert_eq!(k.to_pkcs8_pem(), written);
+        assert_eq!(*k.to_pkcs8_pem(), written);
     }
 
     #[test]
     fn openssl_accepts_written_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("key.pem");
-        key().save(&p).expect("save");
+        let k = key();
+        k.save(&p).expect("save");
+        // OpenSSL derives the public key from our seed: it must be ours.
         let out = match std::process::Command::new("openssl")
-            .args(["pkey", "-noout", "-in"])
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
             .arg(&p)
             .output()
         {
@@ -693,6 +623,32 @@ mod tests {
             out.status.success(),
             "openssl rejected the key: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        // SubjectPublicKeyInfo DER ends with the 32 raw public key bytes.
+        assert!(out.stdout.ends_with(k.public_key().as_bytes()));
+    }
+
+    #[test]
+    fn pkcs8_with_algorithm_parameters_is_rejected() {
+        // RFC 8410: the Ed25519 AlgorithmIdentifier has no parameters; here it carries NULL.
+        let mut der = vec![
+            0x30, 0x30, 0x02, 0x01, 0x00, 0x30, 0x07, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x05, 0x00,
+            0x04, 0x22, 0x04, 0x20,
+        ];
+        der.extend_from_slice(&[7u8; 32]);
+        assert!(matches!(
+            SigningKey::from_pkcs8_der(&der),
+            Err(Error::Pkcs8(_))
+        ));
+        // The same document without the parameters is a valid key.
+        let mut plain = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        plain.extend_from_slice(&[7u8; 32]);
+        assert_eq!(
+            SigningKey::from_pkcs8_der(&plain).expect("v1").seed(),
+            &[7u8; 32]
         );
     }
 }

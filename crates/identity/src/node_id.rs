@@ -47,7 +47,8 @@ mod tests {
     use crate::keys::SigningKey;
 
     #[test]
-    fn example_from_spec() {
+    fn id_is_the_first_16_key_bytes_in_hex() {
+        // Only the first 16 bytes of the key count; the rest (0xee here) is not in the ID.
         let mut key = [0u8; 32];
         let prefix = hex::decode("c556e31c3fa2bf0a36e9ccb9fd5d6056").expect("hex");
         key[..16].copy_from_slice(&prefix);

@@ -1,4 +1,4 @@
-//! Certificate templates and issuance (spec §1.2, §1.3): the cluster CA, the etcd peer CA,
+//! Certificate templates and issuance: the cluster CA, the etcd peer CA,
 //! node, user, etcd peer and ephemeral certificates, and CA-signed CRLs.
 //!
 //! Every certificate follows the same rules as upstream's pki library so that Go tooling and

@@ -1,4 +1,4 @@
-//! Certificate checks (spec §1.4): is this a sane CA, is this certificate from our cluster, and
+//! Certificate checks: is this a sane CA, is this certificate from our cluster, and
 //! is it a node or a user certificate. The rpc crate classifies every peer with these, so they
 //! decide who is who in the cluster.
 //!

@@ -1,19 +1,18 @@
 //! kv: the etcd client every control-plane component talks through.
 //!
-//! A Metropolis node's etcd member serves clients only on a unix socket (spec §6.1), so
+//! A Metropolis node's etcd member serves clients only on a unix socket, so
 //! [`connect_unix`] builds an `etcd_client::Client` over one. Components never share raw keys:
-//! upstream wraps the root client into keyspaces named `namespaced:<a>:<b>/` (spec §6.4), e.g.
+//! upstream wraps the root client into keyspaces named `namespaced:<a>:<b>/`, e.g.
 //! `namespaced:curator/` for the curator and `namespaced:etcd-pki/` for the etcd peer PKI.
 //! [`Namespaced`] is that wrapper: keys passed to it are relative to its prefix and keys it
-//! returns have the prefix stripped. [`testing::TestEtcd`] runs a throwaway real etcd for tests.
+//! returns have the prefix stripped.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod connect;
 mod error;
 mod namespaced;
 pub mod process;
-pub mod testing;
 mod watch;
 
 pub use connect::connect_unix;

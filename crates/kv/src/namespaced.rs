@@ -1,4 +1,4 @@
-//! [`Namespaced`]: an etcd client confined to one keyspace (spec §6.4).
+//! [`Namespaced`]: an etcd client confined to one keyspace.
 
 use std::fmt;
 

@@ -97,3 +97,9 @@ impl Error {
         }
     }
 }
+
+impl From<rpc::CallError> for Error {
+    fn from(e: rpc::CallError) -> Self {
+        Error::rpc(e.method, &e.status)
+    }
+}

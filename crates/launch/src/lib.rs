@@ -7,13 +7,14 @@
 //! metroctl's `--config`. Node `i` listens on `127.x.y.(i+1)` with the fixed Metropolis ports;
 //! clusters in different `127.x.y.0/24` blocks run side by side.
 //!
-//! [`Cluster::start`] does what upstream's e2e harness does (spec 10): bootstrap node 0 with a
+//! [`Cluster::start`] does what upstream's e2e harness does: bootstrap node 0 with a
 //! fresh owner key, take ownership (AAA.Escrow), read the register ticket and cluster info,
 //! start the other nodes with `cluster_register` parameters, approve them as they appear NEW,
 //! wait until they are UP, optionally add consensus members one at a time (etcd admits one
 //! learner at a time), and wait until every node is HEALTHY. Each [`Node`] can then be
 //! powered off (SIGKILL to it and its etcd), powered on, rebooted (clean stop, start again:
-//! it Joins) or frozen; [`Management`] follows the curator leader for API calls.
+//! it Joins) or frozen; [`Management`] (rpc's typed client) follows the curator leader for
+//! API calls.
 //!
 //! Every process started here dies with its owner (see [`node`]).
 //!
@@ -24,19 +25,19 @@
 //! every node's output to stderr, `LAUNCH_KEEP_STATE=1` keeps temporary state directories
 //! (they are always kept when a launch fails or a test panics).
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod error;
-pub mod management;
 pub mod node;
 pub mod owner;
 mod sys;
 
 pub use cluster::{Cluster, ClusterOptions, ConsensusJoin, Timeouts, find_node_binary};
 pub use error::{Error, Result};
-pub use management::{DeleteBypass, Management};
 pub use node::{Exit, Node, NodeConfig, RestartPolicy};
+/// The typed cluster API client launch hands out (leader-following, retried).
+pub use rpc::{DeleteBypass, Management};
 
 /// Re-exported so callers name enum values of the same version.
 pub use proto;

@@ -1,6 +1,6 @@
 //! One emulated machine: a `metropolis-node` process bound to its own loopback address, with a
-//! state directory that survives restarts (spec 11: "power off = SIGKILL, power on = restart
-//! with the same dirs, reboot = restart expecting Join").
+//! state directory that survives restarts: powering off is a SIGKILL, powering on a restart
+//! with the same directories, a reboot a restart that is expected to Join.
 //!
 //! A [`Node`] starts the process as the leader of a new process group, so that powering it off
 //! kills it *and* every child it started (its etcd member) at the same instant, like a machine
@@ -37,6 +37,9 @@ use crate::sys::{self, Signal};
 pub const NODE_ID_MARKER: &str = "NODE_ID=";
 /// stdout line by which a node announces it is enrolled/joined and has pushed its status.
 pub const READY_MARKER: &str = "NODE_READY";
+/// Prefix that marks a stderr line among a node's output lines (stdout lines are kept as
+/// they are).
+pub const STDERR_PREFIX: &str = "[stderr] ";
 /// Exit code of a clean stop (SIGTERM/SIGINT).
 pub const EXIT_CLEAN: i32 = 0;
 /// Exit code of a fatal error.
@@ -124,13 +127,16 @@ impl fmt::Display for Exit {
                 write!(f, "exit code {code}{meaning}")
             }
             Exit::Signal(signal) => {
-                let name = match *signal {
-                    libc::SIGKILL => " (SIGKILL)",
-                    libc::SIGTERM => " (SIGTERM)",
-                    libc::SIGABRT => " (SIGABRT)",
-                    libc::SIGSEGV => " (SIGSEGV)",
-                    _ => "",
-                };
+                use rustix::process::Signal;
+                let name = [
+                    (Signal::KILL, " (SIGKILL)"),
+                    (Signal::TERM, " (SIGTERM)"),
+                    (Signal::ABORT, " (SIGABRT)"),
+                    (Signal::SEGV, " (SIGSEGV)"),
+                ]
+                .into_iter()
+                .find(|(s, _)| s.as_raw() == *signal)
+                .map_or("", |(_, name)| name);
                 write!(f, "killed by signal {signal}{name}")
             }
             Exit::Unknown(why) => write!(f, "exited, status unknown: {why}"),
@@ -807,7 +813,7 @@ impl Shared {
         let config = &self.config;
         let text = match which {
             Stream::Stdout => text.to_string(),
-            Stream::Stderr => format!("[stderr] {text}"),
+            Stream::Stderr => format!("{STDERR_PREFIX}{text}"),
         };
         if config.echo {
             eprintln!("[node{}] {text}", config.index);
@@ -909,7 +915,10 @@ mod tests {
         );
         assert_eq!(restart_delay(OnFailure, &Exit::Code(EXIT_GONE)), None);
         assert_eq!(
-            restart_delay(OnFailure, &Exit::Signal(libc::SIGSEGV)),
+            restart_delay(
+                OnFailure,
+                &Exit::Signal(rustix::process::Signal::SEGV.as_raw())
+            ),
             Some(FAILURE_REBOOT_DELAY)
         );
         assert_eq!(restart_delay(Never, &Exit::Code(EXIT_REBOOT)), None);

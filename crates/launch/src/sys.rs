@@ -1,7 +1,7 @@
 //! The one OS call std and tokio do not wrap for us: sending a signal to a process or to a
-//! whole process group. This is the only unsafe code of the crate.
+//! whole process group (through rustix's safe wrapper of kill(2)).
 
-#![allow(unsafe_code)]
+use rustix::process::{Pid, Signal as RawSignal, kill_process, kill_process_group};
 
 /// Signals this module sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,29 +17,28 @@ pub(crate) enum Signal {
 }
 
 impl Signal {
-    fn raw(self) -> libc::c_int {
+    fn raw(self) -> RawSignal {
         match self {
-            Signal::Term => libc::SIGTERM,
-            Signal::Kill => libc::SIGKILL,
-            Signal::Stop => libc::SIGSTOP,
-            Signal::Cont => libc::SIGCONT,
+            Signal::Term => RawSignal::TERM,
+            Signal::Kill => RawSignal::KILL,
+            Signal::Stop => RawSignal::STOP,
+            Signal::Cont => RawSignal::CONT,
         }
     }
+}
+
+/// A positive pid, or `None` for what kill(2) would read as "our group" (0) or "every
+/// process we may signal" (-1, or anything that overflows into the negative range).
+fn pid(raw: u32) -> Option<Pid> {
+    i32::try_from(raw).ok().and_then(Pid::from_raw)
 }
 
 /// Sends `signal` to process `pid`. Callers only pass the pid of a child they have not reaped
 /// yet, so it cannot name an unrelated process. Errors (the process is already gone) are
 /// ignored: the caller waits for the exit either way.
 pub(crate) fn signal_process(pid: u32, signal: Signal) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if pid <= 0 {
-        return;
-    }
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(pid, signal.raw());
+    if let Some(pid) = self::pid(pid) {
+        let _ = kill_process(pid, signal.raw());
     }
 }
 
@@ -49,16 +48,11 @@ pub(crate) fn signal_process(pid: u32, signal: Signal) {
 /// unreaped, and while any of its members lives after that (Linux never hands out a pid that
 /// is still in use as a process group ID).
 pub(crate) fn signal_group(pgid: u32, signal: Signal) {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
-        return;
-    };
-    // 0 and 1 would address our own group or every process we may signal.
+    // 1 would address init's group, never one of ours.
     if pgid <= 1 {
         return;
     }
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours; a negative pid
-    // addresses the process group.
-    unsafe {
-        libc::kill(-pgid, signal.raw());
+    if let Some(pgid) = pid(pgid) {
+        let _ = kill_process_group(pgid, signal.raw());
     }
 }

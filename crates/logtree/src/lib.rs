@@ -1,4 +1,4 @@
-//! logtree: the node's in-memory, DN-addressed log store (spec 7.2).
+//! logtree: the node's in-memory, DN-addressed log store.
 //!
 //! Every log line of a node lands here, filed under a dot-delimited distinguished name (DN)
 //! such as `root.role.curator`. Writers are leveled loggers (glog-style severity, source

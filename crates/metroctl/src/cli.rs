@@ -73,7 +73,8 @@ pub struct Global {
     )]
     pub insecure_accept_any_ca: bool,
 
-    /// How long to look for the cluster's curator leader before giving up, in seconds.
+    /// How long a call may keep looking for the cluster's curator leader (following leadership
+    /// changes, retrying transient failures) before giving up, in seconds.
     #[arg(long, global = true, help_heading = GLOBAL, default_value_t = 15, value_name = "SECONDS")]
     pub connect_timeout: u64,
 

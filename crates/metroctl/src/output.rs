@@ -202,54 +202,14 @@ pub fn nodes_doc(nodes: &[NodeView], columns: &[Column]) -> Doc {
     )
 }
 
-/// A plain aligned table: upper-case header, left-aligned columns two spaces apart, no
-/// trailing whitespace. Cells are sanitized, so node-reported text cannot move the cursor.
+/// A plain aligned table (the shared renderer): upper-case header, left-aligned columns two
+/// spaces apart, no trailing whitespace. Cells are sanitized, so node-reported text cannot move
+/// the cursor.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| sanitize(c)).collect())
-        .collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-    }
-    let mut out = String::new();
-    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    for row in std::iter::once(&header_row).chain(rows.iter()) {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            let width = widths.get(i).copied().unwrap_or(0);
-            line.extend(std::iter::repeat_n(
-                ' ',
-                width.saturating_sub(cell.chars().count()),
-            ));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    tabular::render(headers, rows)
 }
 
-/// Replaces control characters (escape sequences from untrusted node data) with U+FFFD.
-pub fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                '\u{FFFD}'
-            } else {
-                c
-            }
-        })
-        .collect()
-}
+pub use tabular::sanitize;
 
 /// A document in the chosen format (`table` is the caller's; this handles JSON and YAML).
 pub fn render_doc(format: Format, doc: &Doc, table_text: impl FnOnce() -> String) -> String {

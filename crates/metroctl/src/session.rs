@@ -1,15 +1,18 @@
 //! Connections to a cluster: the curator leader (through rpc's [`LeaderChannel`], which
-//! follows leadership changes from any endpoint) and a node's NodeManagement service, both
-//! verified against the pinned cluster CA.
+//! follows leadership changes from any endpoint, and rpc's typed [`Management`] client over
+//! it) and a node's NodeManagement service, both verified against the pinned cluster CA.
+//!
+//! Every call is retried under one [`RetryPolicy`] whose deadline is `--connect-timeout`: that
+//! long a command keeps looking for the leader, following leadership changes, before it
+//! reports the cluster unreachable.
 
 use std::future::Future;
 use std::time::Duration;
 
 use proto::api;
-use proto::api::management_client::ManagementClient;
 use proto::api::node_management_client::NodeManagementClient;
 use rpc::client_tls::{self, ClientCredentials, ServerVerification};
-use rpc::{LeaderChannel, LeaderOptions};
+use rpc::{CallError, LeaderChannel, LeaderOptions, Management, RetryPolicy};
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::Channel;
@@ -19,8 +22,6 @@ use crate::error::{Error, Result};
 use crate::progress;
 use crate::trust::{self, TrustOptions};
 
-/// How often a call is re-issued after Unavailable (leader change, lost leadership).
-const CALL_ATTEMPTS: usize = 5;
 /// How long connecting to a node's NodeManagement may take.
 const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,7 +34,7 @@ pub struct Context {
     pub endpoints: Vec<String>,
     /// How a first contact may pin the CA.
     pub trust: TrustOptions,
-    /// How long to look for the leader.
+    /// How long a call may keep looking for the leader (the deadline of every call).
     pub connect_timeout: Duration,
 }
 
@@ -131,6 +132,8 @@ impl Context {
 #[derive(Debug)]
 pub struct Session {
     leader: LeaderChannel,
+    management: Management,
+    policy: RetryPolicy,
     ca: Vec<u8>,
     creds: ClientCredentials,
     endpoints: Vec<String>,
@@ -151,9 +154,15 @@ impl Session {
         };
         let leader = LeaderChannel::new(endpoints.clone(), creds.clone(), ca.clone(), options)
             .map_err(|e| Error::usage(format!("cannot use the endpoints: {e}")))?;
+        let policy = RetryPolicy::default()
+            .with_deadline(Some(connect_timeout))
+            .with_attempt_timeout(None);
+        let management = Management::new(leader.clone()).with_policy(policy);
         let pin_check = trust::spawn_pin_check(cfg, endpoints.clone(), ca.clone());
         Ok(Session {
             leader,
+            management,
+            policy,
             ca,
             creds,
             endpoints,
@@ -176,6 +185,33 @@ impl Session {
         self.leader.current_leader()
     }
 
+    /// The typed cluster API client; run its calls through [`Self::api`] or
+    /// [`Self::api_status`].
+    pub fn management(&self) -> &Management {
+        &self.management
+    }
+
+    /// Runs a typed client call, showing that we wait and watching for a CA mismatch. The
+    /// outer error is a CA mismatch found meanwhile; the inner one is the call's last status,
+    /// for callers that map codes themselves.
+    pub async fn api_status<T>(
+        &self,
+        call: impl Future<Output = std::result::Result<T, CallError>>,
+    ) -> Result<Result<T, Status>> {
+        Ok(self.guarded(call).await?.map_err(|e| e.status))
+    }
+
+    /// Runs a typed client call; failures become errors saying we were doing `what`.
+    pub async fn api<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = std::result::Result<T, CallError>>,
+    ) -> Result<T> {
+        self.api_status(call)
+            .await?
+            .map_err(|status| Error::from_status(what, &status))
+    }
+
     /// Runs a call on the leader (re-issued after leader changes). The outer error is a CA
     /// mismatch found meanwhile; the inner one is the call's status, for callers that map
     /// codes themselves.
@@ -184,6 +220,11 @@ impl Session {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.guarded(self.leader.call(&self.policy, f)).await
+    }
+
+    /// Runs `call` with the waiting indicator, ended early by a CA mismatch.
+    async fn guarded<T>(&self, call: impl Future<Output = T>) -> Result<T> {
         let mut pin_check = self.pin_check.clone();
         let mismatch = async move {
             match pin_check.wait_for(Option::is_some).await {
@@ -192,10 +233,7 @@ impl Session {
                 Err(_) => std::future::pending().await,
             }
         };
-        let call = progress::waiting(
-            "waiting for the cluster",
-            self.leader.call_with_retry(CALL_ATTEMPTS, f),
-        );
+        let call = progress::waiting("waiting for the cluster", call);
         tokio::select! {
             result = call => Ok(result),
             Some(error) = mismatch => Err(error),
@@ -215,22 +253,7 @@ impl Session {
 
     /// Every node, or those the CEL `filter` selects.
     pub async fn nodes_status(&self, filter: &str) -> Result<Result<Vec<api::Node>, Status>> {
-        let filter = filter.to_string();
-        self.call_status(move |channel| {
-            let filter = filter.clone();
-            async move {
-                let mut stream = ManagementClient::new(channel)
-                    .get_nodes(api::GetNodesRequest { filter })
-                    .await?
-                    .into_inner();
-                let mut nodes = Vec::new();
-                while let Some(node) = stream.message().await? {
-                    nodes.push(node);
-                }
-                Ok(nodes)
-            }
-        })
-        .await
+        self.api_status(self.management.get_nodes(filter)).await
     }
 
     /// Every node, or those the CEL `filter` selects; a refused filter is explained.

@@ -213,20 +213,7 @@ pub fn mismatch_message(
     )
 }
 
-/// An error with its sources (tonic's transport errors hide the reason in the chain).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use rpc::error::error_chain;
 
 /// Whether stdin is a terminal (for callers that want to know before asking).
 pub fn stdin_is_terminal() -> bool {

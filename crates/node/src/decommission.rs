@@ -18,16 +18,20 @@ use std::time::Duration;
 use proto::curator_api::ReportDecommissionRequest;
 use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::report_decommission_request::Stage;
+use rpc::retry::{Backoff, RetryPolicy};
 use supervisor::Supervisor;
 use tonic::Status;
 
 use crate::exit::Exit;
-use crate::retry::{Backoff, is_transient};
-use crate::roleserve::membership::CALL_ATTEMPTS;
 use crate::roleserve::{Membership, NodeEnv, Roleserve};
 
-/// How long each report is retried while the cluster is unreachable.
-const REPORT_PATIENCE: Duration = Duration::from_secs(60);
+/// How each report is retried while the cluster is unreachable: for a minute, pausing up to
+/// 5 s.
+const REPORT_POLICY: RetryPolicy = RetryPolicy::forever(Backoff::new(
+    Duration::from_millis(500),
+    Duration::from_secs(5),
+))
+.with_deadline(Some(Duration::from_secs(60)));
 
 /// Runs the procedure; returns how the process exits.
 pub async fn run(rs: &Roleserve, supervisor: &Supervisor) -> Exit {
@@ -66,27 +70,16 @@ pub async fn run(rs: &Roleserve, supervisor: &Supervisor) -> Exit {
 }
 
 async fn report(m: &Membership, stage: Stage) -> Result<(), Status> {
-    let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
-    loop {
-        let result = m
-            .curator
-            .call_with_retry(CALL_ATTEMPTS, |ch| async move {
-                CuratorClient::new(ch)
-                    .report_decommission(ReportDecommissionRequest {
-                        stage: stage as i32,
-                    })
-                    .await
-            })
-            .await;
-        match result {
-            Ok(_) => return Ok(()),
-            Err(s) if is_transient(s.code()) && tokio::time::Instant::now() < deadline => {
-                backoff.wait().await;
-            }
-            Err(s) => return Err(s),
-        }
-    }
+    m.curator
+        .call(&REPORT_POLICY, |ch| async move {
+            CuratorClient::new(ch)
+                .report_decommission(ReportDecommissionRequest {
+                    stage: stage as i32,
+                })
+                .await
+        })
+        .await
+        .map(|_| ())
 }
 
 /// Deletes the data directory and removes NUK and join key from the sealed configuration.

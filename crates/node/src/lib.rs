@@ -24,7 +24,6 @@ pub mod layout;
 pub mod logs;
 pub mod params;
 pub mod probe;
-pub mod retry;
 pub mod roleserve;
 pub mod storage;
 

@@ -1,4 +1,4 @@
-//! NodeParameters (spec 5.1): installing them on the ESP and checking what they say.
+//! NodeParameters: installing them on the ESP and checking what they say.
 //!
 //! As upstream, parameters are required on every boot, even when the node re-joins from its
 //! sealed configuration and does not use them. Their contents are checked only when they are
@@ -12,6 +12,7 @@ use prost::Message;
 use proto::api::NodeParameters;
 use proto::api::node_parameters::{ClusterBootstrap, ClusterRegister};
 use proto::common::{ClusterConfiguration, ClusterDirectory};
+use zeroize::Zeroizing;
 
 use crate::storage::Esp;
 
@@ -76,16 +77,16 @@ pub fn bootstrap(b: &ClusterBootstrap) -> Result<Bootstrap, String> {
 pub struct Register {
     /// The cluster CA (DER), a sane CA certificate.
     pub ca: Vec<u8>,
-    /// The register ticket.
-    pub ticket: Vec<u8>,
+    /// The register ticket, wiped when dropped.
+    pub ticket: Zeroizing<Vec<u8>>,
     /// The directory with public keys stripped (they are untrusted and unused).
     pub directory: ClusterDirectory,
 }
 
-/// Checks `cluster_register` (spec 5.3 step 1): the CA is a sane CA certificate, the ticket is
-/// not empty, the directory has at least one node and every node at least one address, each
-/// a literal IP. Unlike the baseline, nodes need not carry a public key: HEAD replaced it by
-/// the node ID, and nothing uses it.
+/// Checks `cluster_register` before registration starts: the CA is a sane CA certificate, the
+/// ticket is not empty, the directory has at least one node and every node at least one address,
+/// each a literal IP. Unlike the baseline, nodes need not carry a public key: later upstream
+/// Monogon replaced it by the node ID, and nothing uses it.
 pub fn register(r: &ClusterRegister) -> Result<Register, String> {
     identity::verify::check_ca(&r.ca_certificate)
         .map_err(|e| format!("cluster_register.ca_certificate: {e}"))?;
@@ -117,7 +118,7 @@ pub fn register(r: &ClusterRegister) -> Result<Register, String> {
     }
     Ok(Register {
         ca: r.ca_certificate.clone(),
-        ticket: r.register_ticket.clone(),
+        ticket: Zeroizing::new(r.register_ticket.clone()),
         directory,
     })
 }

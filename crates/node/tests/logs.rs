@@ -1,4 +1,4 @@
-//! NodeManagement.Logs (spec 7.1) against a logtree, calling the service directly: request
+//! NodeManagement.Logs against a logtree, calling the service directly: request
 //! validation codes, backlog modes and chunking, filters, streaming, entry conversion.
 
 use std::time::Duration;

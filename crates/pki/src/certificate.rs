@@ -41,7 +41,7 @@ pub enum Mode {
     External(PublicKey),
 }
 
-/// Which `identity` template the certificate follows (spec §1.3). Subject-dependent templates
+/// Which `identity` template the certificate follows. Subject-dependent templates
 /// take the node ID from the certificate's own public key, so name and key cannot disagree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Template {

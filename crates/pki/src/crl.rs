@@ -1,7 +1,7 @@
 //! Certificate revocation lists of CAs: reading, revoking (compare-and-swap) and watching.
 //!
-//! Upstream never revokes anything from the curator, and etcd reads its peer CRL only once at
-//! PKI bootstrap (spec §1.2, §6.2); the operations exist for completeness and so a later
+//! Upstream never revokes anything from the curator, and etcd reads its peer CRL only once, when
+//! the member's PKI is bootstrapped; the operations exist for completeness and so a later
 //! NodeManagement or consensus change can use them.
 
 use std::collections::VecDeque;

@@ -1,4 +1,4 @@
-//! pki: certificate authorities, certificates and CRLs kept in etcd (spec §1.2).
+//! pki: certificate authorities, certificates and CRLs kept in etcd.
 //!
 //! A [`Certificate`] describes a certificate by name inside a PKI namespace (a key prefix such
 //! as `/cluster-pki/` inside a [`kv::Namespaced`] keyspace): who issues it, which template it

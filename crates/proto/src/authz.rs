@@ -16,7 +16,8 @@ pub struct MethodPolicy {
 }
 
 impl MethodPolicy {
-    /// Whether calls bypass authentication entirely (spec: `allow_unauthenticated && need` empty).
+    /// Whether calls bypass authentication entirely: `allow_unauthenticated` with an empty
+    /// `need` (with a non-empty `need`, `allow_unauthenticated` has no effect).
     pub fn is_unauthenticated(&self) -> bool {
         self.allow_unauthenticated && self.need.is_empty()
     }

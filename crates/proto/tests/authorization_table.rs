@@ -1,5 +1,7 @@
-//! The generated method → policy table matches the authorization table of spec section 3 row
-//! by row (plus the [HEAD] extras and our own additions, each named here).
+//! The generated method → policy table (from the `metropolis.proto.ext.authorization` options
+//! in the protos) matches, row by row, the permissions upstream Monogon's protos give each
+//! method: the baseline's methods, the ones later upstream added and our own additions, each
+//! named here. A change to an option in a `.proto` file has to be made here too, on purpose.
 
 use proto::authz::{METHOD_POLICIES, policy_for};
 use proto::ext::Permission as P;
@@ -11,7 +13,7 @@ const CURATOR: &str = "metropolis.node.core.curator.proto.api.Curator";
 const CURATOR_LOCAL: &str = "metropolis.node.core.curator.proto.api.CuratorLocal";
 
 /// (service, method, allow_unauthenticated, need).
-fn spec_rows() -> Vec<(&'static str, &'static str, bool, Vec<P>)> {
+fn expected_rows() -> Vec<(&'static str, &'static str, bool, Vec<P>)> {
     vec![
         (MGMT, "GetRegisterTicket", false, vec![P::GetRegisterTicket]),
         (MGMT, "GetClusterInfo", false, vec![P::ReadClusterStatus]),
@@ -20,7 +22,7 @@ fn spec_rows() -> Vec<(&'static str, &'static str, bool, Vec<P>)> {
         (MGMT, "UpdateNodeRoles", false, vec![P::UpdateNodeRoles]),
         (MGMT, "DecommissionNode", false, vec![P::DecommissionNode]),
         (MGMT, "DeleteNode", false, vec![P::DeleteNode]),
-        // [HEAD] upstream addition.
+        // Added by later upstream Monogon (not in the baseline).
         (MGMT, "UpdateNodeLabels", false, vec![P::UpdateNodeLabels]),
         // Ours: rotating the ticket is guarded like reading it.
         (
@@ -46,7 +48,7 @@ fn spec_rows() -> Vec<(&'static str, &'static str, bool, Vec<P>)> {
             false,
             vec![P::UpdateNodeSelf],
         ),
-        // [HEAD] upstream addition.
+        // Added by later upstream Monogon (not in the baseline).
         (
             CURATOR,
             "GetConsensusStatus",
@@ -68,14 +70,14 @@ fn spec_rows() -> Vec<(&'static str, &'static str, bool, Vec<P>)> {
             vec![P::ReadClusterStatus],
         ),
         (CURATOR_LOCAL, "GetCurrentLeader", true, vec![]),
-        // [HEAD] upstream addition.
+        // Added by later upstream Monogon (not in the baseline).
         (CURATOR_LOCAL, "GetCACertificate", true, vec![]),
     ]
 }
 
 #[test]
-fn table_matches_spec_row_by_row() {
-    let rows = spec_rows();
+fn table_matches_expected_rows() {
+    let rows = expected_rows();
     for (service, method, allow_unauthenticated, need) in &rows {
         let path = format!("/{service}/{method}");
         let policy = policy_for(&path).unwrap_or_else(|| panic!("{path} missing from the table"));
@@ -88,7 +90,7 @@ fn table_matches_spec_row_by_row() {
     assert_eq!(
         METHOD_POLICIES.len(),
         rows.len(),
-        "the table has rows the spec does not list"
+        "the table has rows this test does not list"
     );
 }
 

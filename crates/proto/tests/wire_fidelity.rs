@@ -1,7 +1,7 @@
 //! Bytes produced from upstream's own message definitions decode into ours field for field, and
 //! re-encode to the same bytes (nothing lands in unknown fields, which prost would drop).
 //!
-//! The fixture was encoded by protoc from upstream's `.proto` files at the baseline commit; its
+//! The fixture was encoded by protoc from upstream Monogon's `.proto` files at commit 8456ddf0; its
 //! text form and the command line are next to it in `testdata/`.
 
 use prost::Message;

@@ -1,9 +1,9 @@
 //! The authorization tower layer: for every call it looks up the method's policy in the
 //! build-time table (`proto::authz`), classifies the caller from its TLS certificate, checks
-//! the needed permissions and either answers with the spec's error code or passes the request
+//! the needed permissions and either answers with upstream's error code or passes the request
 //! on with a [`PeerInfo`] in its extensions.
 //!
-//! Codes (spec 2.1, 3): path not `/pkg.Service/Method` or unknown method → InvalidArgument;
+//! Codes: path not `/pkg.Service/Method` or unknown method → InvalidArgument;
 //! certificate problems and unauthenticated callers of authenticated methods → Unauthenticated;
 //! a node lacking a permission → PermissionDenied. gRPC reflection is exempt: it serves the
 //! public protobuf schema only and standard tools call it without credentials.

@@ -3,7 +3,7 @@
 //!
 //! Servers are identified by their node certificate, not by DNS names: the verifier ignores the
 //! TLS server name and instead requires exactly one certificate that passes the node-certificate
-//! check against the expected cluster CA, optionally with a given node ID (spec 2.2).
+//! check against the expected cluster CA, optionally with a given node ID.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,8 +147,9 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// rustls takes an owned key and drops it unwiped once loaded; our own copy is wiped.
 fn pkcs8(key: &SigningKey) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_pkcs8_der()))
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_pkcs8_der().to_vec()))
 }
 
 /// A tonic endpoint for `host:port` (IPv6 hosts in brackets) with our timeouts.

@@ -24,3 +24,20 @@ pub enum Error {
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// An error with its sources: tonic's transport errors say only "transport error" at the top,
+/// the reason (certificate refused, connection refused) is further down. Causes whose text is
+/// already there (several layers repeat their source's message) are left out.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,5 +1,5 @@
 //! A client channel that follows the curator leader (upstream's `metropolis:///control`
-//! resolver, spec 4.2).
+//! resolver).
 //!
 //! Only the curator leader serves Management, AAA and Curator; followers serve nothing but
 //! `CuratorLocal`, whose `GetCurrentLeader` stream names the leader. A [`LeaderChannel`] owns a
@@ -15,19 +15,25 @@
 //!    the wrong address, but can never redirect the client to a server that is not that node.
 //!    A leader that reported no address is reached through the local override map (a node maps
 //!    its own ID to its own address), or not at all,
-//! 4. on any error or end of the stream, records why, backs off exponentially (100 ms up to
-//!    10 s, reset after every usable answer) and continues with the next endpoint. It never
-//!    gives up while a handle is alive.
+//! 4. on any error or end of the stream, records why, backs off exponentially
+//!    ([`LeaderOptions::discovery_backoff`], reset after every usable answer) and continues with
+//!    the next endpoint. It never gives up while a handle is alive.
 //!
 //! Handles are cheap clones sharing one updater; dropping the last one drops the updater, which
 //! closes its discovery connection. A published leader stays published until a newer one is
 //! confirmed: a stale channel answers fast (a follower says Unavailable "not the leader") where
 //! an empty one would make every caller wait.
 //!
-//! Calls are not redirected transparently: [`LeaderChannel::call_with_retry`] re-issues a call
-//! that failed with Unavailable (a follower's "not the leader", "lost leadership", a broken
-//! connection) on the then-current leader's channel, after waiting for the leader to change or
-//! a short backoff.
+//! Calls are not redirected transparently: [`LeaderChannel::call`] re-issues a call that failed
+//! transiently ([`crate::retry::is_transient`]) on the then-current leader's channel, under a
+//! [`RetryPolicy`]. Between attempts it waits for the policy's pause, which a newly published
+//! leader ends at once: a known new leader is tried without delay.
+//!
+//! Where later checks fit: whether a named leader may be used at all (e.g. refusing revoked
+//! curators, or nodes without the ConsensusMember role) belongs to `Updater::connect_leader`,
+//! before anything is published; a redirect learned from a failed call (a follower naming the
+//! leader) would be handed to the updater the same way a `GetCurrentLeader` answer is, and
+//! the pause of [`LeaderChannel::call`] ends as soon as it is published.
 //!
 //! All waiting uses tokio's clock. Nothing here logs credentials: [`ClientCredentials`]'s
 //! `Debug` shows the public key only.
@@ -45,24 +51,22 @@ use tonic::{Code, Status};
 
 use crate::Error;
 use crate::client_tls::{self, ClientCredentials, ServerVerification};
+use crate::error::error_chain;
+use crate::retry::{Backoff, Delays, RetryPolicy, Run, is_transient};
 
 /// Default for [`LeaderOptions::wait_timeout`].
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// First pause after a failed discovery attempt.
-pub const DISCOVERY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-/// Upstream's maximum backoff interval: a dead cluster is retried every 10 s, forever.
-pub const DISCOVERY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Pauses between discovery attempts: 100 ms at first, then up to upstream's maximum backoff
+/// interval: a dead cluster is retried every 10 s, forever. No jitter: the endpoints are tried
+/// round robin, so clients that lost the same leader spread over the curators anyway.
+pub const DISCOVERY_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 /// How long a discovery server may take to send its first answer. Curators answer at once
 /// (the listener only runs once the election status is known); after the first answer the
 /// stream may legitimately stay silent for as long as leadership does not change, and HTTP/2
 /// keepalive detects dead peers.
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Pause between attempts of [`LeaderChannel::call_with_retry`] when the leader does not
-/// change: long enough to let a new election finish, short compared to a user's patience.
-const RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Upper bound of the endpoint list: responses add addresses, and a misbehaving server must
 /// not make it grow without bound.
@@ -71,15 +75,14 @@ const MAX_ENDPOINTS: usize = 64;
 /// Tuning of a [`LeaderChannel`].
 #[derive(Debug, Clone)]
 pub struct LeaderOptions {
-    /// How long [`LeaderChannel::channel`] waits for a leader before answering Unavailable.
+    /// How long [`LeaderChannel::channel`] waits for a leader before answering Unavailable;
+    /// [`LeaderChannel::call`] waits as long per attempt, at most until its deadline.
     pub wait_timeout: Duration,
     /// Where to reach a leader that did not report an address (`node_id → host:port`); a node
     /// maps its own ID to its own curator address.
     pub local_overrides: HashMap<String, String>,
-    /// First pause after a failed discovery attempt.
-    pub backoff_initial: Duration,
-    /// Longest pause between discovery attempts.
-    pub backoff_max: Duration,
+    /// Pauses between discovery attempts.
+    pub discovery_backoff: Backoff,
 }
 
 impl Default for LeaderOptions {
@@ -87,8 +90,7 @@ impl Default for LeaderOptions {
         Self {
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             local_overrides: HashMap::new(),
-            backoff_initial: DISCOVERY_BACKOFF_INITIAL,
-            backoff_max: DISCOVERY_BACKOFF_MAX,
+            discovery_backoff: DISCOVERY_BACKOFF,
         }
     }
 }
@@ -172,7 +174,7 @@ impl LeaderChannel {
             ca,
             discovery,
             overrides: options.local_overrides,
-            backoff: Backoff::new(options.backoff_initial, options.backoff_max),
+            backoff: options.discovery_backoff.delays(),
             cursor: 0,
             leader_tx,
             info_tx,
@@ -193,7 +195,10 @@ impl LeaderChannel {
     /// to be found. Unavailable (naming the endpoints tried and the last error) otherwise.
     pub async fn channel(&self) -> Result<Channel, Status> {
         let mut leader = self.handle.leader.clone();
-        Ok(self.wait_leader(&mut leader).await?.channel)
+        Ok(self
+            .wait_leader(&mut leader, self.handle.wait_timeout)
+            .await?
+            .channel)
     }
 
     /// The leader currently published, if any.
@@ -221,77 +226,75 @@ impl LeaderChannel {
         Ok(())
     }
 
-    /// Runs `f` with the leader's channel, up to `attempts` times (at least once), as long as
-    /// it fails with a code that means "ask again, maybe elsewhere":
+    /// Runs `f` with the leader's channel until it succeeds, fails for good or `policy` gives
+    /// up (see [`crate::retry`]). Finding no leader within [`LeaderOptions::wait_timeout`] (or
+    /// the time left) counts as a failed attempt with Unavailable.
     ///
-    /// * Unavailable: a follower's "not the leader", "lost leadership", a broken connection;
-    /// * Unimplemented, but only if the leader changed meanwhile: upstream followers serve only
-    ///   CuratorLocal, so a call that reached a just-demoted leader answers Unimplemented.
+    /// Unimplemented is retried only if the leader changed since the attempt was sent, or
+    /// changes during the pause: that is what a just-demoted upstream leader answers, while
+    /// the leader itself answering it means the method is missing.
     ///
-    /// Between attempts it waits for the published leader to change, at most a short backoff
-    /// (a leader that stays the same may just have had a transient failure). Finding no leader
-    /// at all ends the loop at once: [`Self::channel`] already waited for one.
-    pub async fn call_with_retry<T, F, Fut>(&self, attempts: usize, mut f: F) -> Result<T, Status>
+    /// Between attempts it waits for the policy's pause, or until a new leader is published,
+    /// whichever comes first.
+    pub async fn call<T, F, Fut>(&self, policy: &RetryPolicy, mut f: F) -> Result<T, Status>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let mut backoff = Backoff::new(RETRY_BACKOFF_INITIAL, RETRY_BACKOFF_MAX);
-        let mut attempt = 0;
+        let mut run = Run::new(policy);
         loop {
-            attempt += 1;
             let mut leader = self.handle.leader.clone();
-            let used = self.wait_leader(&mut leader).await?;
-            let status = match f(used.channel).await {
+            let wait = run
+                .bounded(Some(self.handle.wait_timeout))
+                .unwrap_or_default();
+            let waiting = tokio::time::Instant::now();
+            let used = match self.wait_leader(&mut leader, wait).await {
+                Ok(used) => used,
+                Err(status) => {
+                    run.count_attempt();
+                    let pause = run.pause_after(status, true)?;
+                    // The wait is the pause, unless it ended early (no updater any more):
+                    // never spin.
+                    if waiting.elapsed() < wait {
+                        tokio::time::sleep(pause).await;
+                    }
+                    continue;
+                }
+            };
+            let status = match run.attempt(f(used.channel)).await {
                 Ok(value) => return Ok(value),
                 Err(status) => status,
             };
-            if attempt >= attempts || !self.retryable(&status, &used.info) {
-                return Err(status);
-            }
-            tracing::debug!(
-                leader = %used.info.node_id,
-                attempt,
-                "call failed with {:?} ({}), retrying",
-                status.code(),
-                status.message()
-            );
+            let transient = is_transient(status.code());
+            let unimplemented = (status.code() == Code::Unimplemented).then(|| status.clone());
+            let pause = run.pause_after(status, transient)?;
             // `leader` has seen the value `used` came from, so this returns at once if a new
             // leader was published during the call.
-            let _ = tokio::time::timeout(backoff.next(), leader.changed()).await;
+            let changed = tokio::time::timeout(pause, leader.changed()).await.is_ok()
+                || self.current_leader().as_ref() != Some(&used.info);
+            if let Some(status) = unimplemented
+                && !changed
+            {
+                return Err(run.gave_up(status));
+            }
         }
     }
 
-    fn retryable(&self, status: &Status, used: &LeaderInfo) -> bool {
-        match status.code() {
-            Code::Unavailable => true,
-            Code::Unimplemented => self.current_leader().as_ref() != Some(used),
-            // A broken connection: tonic reports transport failures (e.g. a server torn down
-            // when it lost leadership severs its connections) as Unknown with a transport
-            // error as the source, not as a status the server sent.
-            Code::Unknown => is_transport_error(status),
-            // Nothing here cancels its own calls: Cancelled comes from a server that tore
-            // itself down (leadership moved).
-            Code::Cancelled => true,
-            _ => false,
-        }
-    }
-
-    /// Waits (bounded) for a published leader and marks it seen in `leader`.
+    /// Waits up to `wait` for a published leader and marks it seen in `leader`.
     async fn wait_leader(
         &self,
         leader: &mut watch::Receiver<Option<Published>>,
+        wait: Duration,
     ) -> Result<Published, Status> {
-        let waited =
-            tokio::time::timeout(self.handle.wait_timeout, leader.wait_for(Option::is_some)).await;
+        let waited = tokio::time::timeout(wait, leader.wait_for(Option::is_some)).await;
         match waited {
-            Ok(Ok(published)) => published.clone().ok_or_else(|| self.unavailable()),
+            Ok(Ok(published)) => published.clone().ok_or_else(|| self.unavailable(wait)),
             // Timed out, or the updater is gone (cannot happen while a handle lives).
-            _ => Err(self.unavailable()),
+            _ => Err(self.unavailable(wait)),
         }
     }
 
-    fn unavailable(&self) -> Status {
+    fn unavailable(&self, waited: Duration) -> Status {
         let diagnostics = lock(&self.handle.shared.diagnostics);
         let tried = if diagnostics.tried.is_empty() {
             "none".to_string()
@@ -300,8 +303,8 @@ impl LeaderChannel {
         };
         let last = diagnostics.last_error.as_deref().unwrap_or("none");
         Status::unavailable(format!(
-            "no curator leader found within {:?}; endpoints tried: {tried}; last error: {last}",
-            self.handle.wait_timeout
+            "no curator leader found within {waited:?}; endpoints tried: {tried}; last error: \
+             {last}"
         ))
     }
 }
@@ -399,51 +402,6 @@ impl From<Status> for DiscoveryError {
     }
 }
 
-/// An error with its sources: tonic's transport errors say only "transport error" at the top,
-/// the reason (certificate refused, connection refused) is further down. Causes whose text is
-/// already there (several layers repeat their source's message) are left out.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// Exponential backoff without jitter (one updater per client, so no thundering herd to
-/// spread out).
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: initial,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (self.next * 2).min(self.max);
-        current
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
 /// `host:port`, with IPv6 literals in brackets.
 fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -500,7 +458,7 @@ struct Updater {
     ca: Vec<u8>,
     discovery: Arc<rustls::ClientConfig>,
     overrides: HashMap<String, String>,
-    backoff: Backoff,
+    backoff: Delays,
     cursor: usize,
     leader_tx: watch::Sender<Option<Published>>,
     info_tx: watch::Sender<Option<LeaderInfo>>,
@@ -522,7 +480,7 @@ impl Updater {
             let error = self.follow(&endpoint).await;
             tracing::debug!(%endpoint, "curator leader discovery: {error}");
             self.shared.note_error(format!("{endpoint}: {error}"));
-            tokio::time::sleep(self.backoff.next()).await;
+            self.backoff.wait().await;
         }
     }
 
@@ -624,19 +582,6 @@ impl Updater {
     }
 }
 
-/// Whether a status came from a failed connection rather than from the server.
-fn is_transport_error(status: &Status) -> bool {
-    use std::error::Error as _;
-    let mut source = status.source();
-    while let Some(e) = source {
-        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,15 +593,6 @@ mod tests {
             leader_port: port,
             this_node_id: "metropolis-self".to_string(),
         }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_maximum_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
-        let got: Vec<u128> = (0..5).map(|_| backoff.next().as_millis()).collect();
-        assert_eq!(got, vec![100, 200, 400, 500, 500]);
-        backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(100));
     }
 
     #[test]

@@ -6,16 +6,20 @@
 //! * [`peer`]: who is calling: a [`PeerInfo::Node`], a [`PeerInfo::User`] or
 //!   [`PeerInfo::Unauthenticated`] (with the self-signed key if one was presented).
 //! * [`authz`]: a tower layer enforcing the build-time method → permission table of
-//!   `proto::authz`, with exactly the gRPC codes of the spec, handing the [`PeerInfo`] to
+//!   `proto::authz`, with exactly upstream's gRPC codes, handing the [`PeerInfo`] to
 //!   handlers through the request extensions.
 //! * [`revocation`]: a shared set of revoked node IDs and certificate serials the layer consults
 //!   on every call, so a deleted node is refused on its very next call (upstream never refuses it).
 //! * [`client_tls`]: client credentials (authenticated, ephemeral, none) and server verification
 //!   (node certificate of the expected cluster CA, optionally a given node ID; or insecure for
 //!   trust-on-first-use fetching of the CA).
+//! * [`retry`]: client resilience: the one classifier of transient failures, the backoff
+//!   policy, per-attempt timeouts and call deadlines.
 //! * [`leader`]: a client channel that follows the curator leader through
-//!   `CuratorLocal.GetCurrentLeader` (upstream's `metropolis:///control` resolver), with a
-//!   retry helper for calls that hit a follower or a lost leadership.
+//!   `CuratorLocal.GetCurrentLeader` (upstream's `metropolis:///control` resolver), retrying
+//!   calls that hit a follower or a lost leadership under a [`RetryPolicy`].
+//! * [`management`]: a typed client of the cluster API (Management, and the Curator calls an
+//!   operator makes) over the leader channel or a fixed channel.
 //! * [`serve`]: a TLS accept loop with a bounded handshake feeding a tonic router.
 //! * [`reflection`]: gRPC server reflection (v1 and v1alpha) over our full descriptor set.
 
@@ -25,8 +29,10 @@ pub mod authz;
 pub mod client_tls;
 pub mod error;
 pub mod leader;
+pub mod management;
 pub mod peer;
 pub mod reflection;
+pub mod retry;
 pub mod revocation;
 pub mod serve;
 pub mod server_tls;
@@ -36,7 +42,9 @@ pub use authz::{AuthLayer, ServerSecurity};
 pub use client_tls::{ClientCredentials, ServerVerification};
 pub use error::Error;
 pub use leader::{LeaderChannel, LeaderInfo, LeaderOptions};
+pub use management::{CallError, DeleteBypass, Management};
 pub use peer::PeerInfo;
+pub use retry::{Backoff, RetryPolicy, is_transient};
 pub use revocation::RevocationSet;
 
 /// The fixed port of the curator services (Curator, CuratorLocal, Management, AAA).

@@ -1,7 +1,7 @@
 //! Who is calling: classification of the TLS client certificate into a [`PeerInfo`], and the
 //! helpers handlers use to insist on a particular kind of caller.
 //!
-//! The rules are upstream's (spec 2.1): on the authenticated path exactly one Ed25519
+//! The rules are upstream's: on the authenticated path exactly one Ed25519
 //! certificate issued by the cluster CA is required; a node certificate (ServerAuth, CN and DNS
 //! SAN = node ID) makes a Node peer, a user certificate (ClientAuth, non-empty CN) a User peer.
 //! On the unauthenticated path nothing fails: a single valid self-signed Ed25519 certificate
@@ -14,7 +14,7 @@ use tonic::Status;
 
 use crate::revocation::RevocationSet;
 
-/// Permissions a node certificate carries (spec 2.1). Users currently hold every permission.
+/// Permissions a node certificate carries. Users currently hold every permission.
 pub const NODE_PERMISSIONS: &[Permission] =
     &[Permission::ReadClusterStatus, Permission::UpdateNodeSelf];
 
@@ -168,7 +168,8 @@ pub fn classify_authenticated(
     admit(identity, serial.as_deref(), revocations, node_permissions)
 }
 
-/// Classifies a caller of an unauthenticated method; never fails (spec 2.1).
+/// Classifies a caller of an unauthenticated method; never fails: an unauthenticated
+/// method serves anyone, with or without a certificate.
 pub fn classify_unauthenticated(certs: Option<&[CertificateDer<'_>]>) -> PeerInfo {
     let self_signed_key = match certs {
         Some([one]) => identity::verify::verify_self_signed(one.as_ref()).ok(),

@@ -19,7 +19,10 @@ use proto::api::management_server::{Management, ManagementServer};
 use proto::api::{GetClusterInfoRequest, GetClusterInfoResponse};
 use proto::curator_api::curator_local_server::{CuratorLocal, CuratorLocalServer};
 use proto::curator_api::{GetCurrentLeaderRequest, GetCurrentLeaderResponse};
-use rpc::{ClientCredentials, LeaderChannel, LeaderOptions, RevocationSet, ServerSecurity};
+use rpc::{
+    ClientCredentials, LeaderChannel, LeaderOptions, RetryPolicy, RevocationSet, ServerSecurity,
+};
+use test_support::eventually;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -296,6 +299,11 @@ impl TestCluster {
     }
 }
 
+/// Up to `n` attempts, within the default deadline.
+fn up_to(n: usize) -> RetryPolicy {
+    RetryPolicy::default().with_attempts(Some(n))
+}
+
 fn short_wait() -> LeaderOptions {
     LeaderOptions {
         wait_timeout: Duration::from_secs(2),
@@ -332,15 +340,6 @@ async fn wait_answered_by(lc: &LeaderChannel, want: &str) {
             lc.current_leader()
         );
         let _ = tokio::time::timeout(Duration::from_millis(200), leader.changed()).await;
-    }
-}
-
-/// Polls `check` until it holds; panics with `what` after [`SOON`].
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -489,7 +488,7 @@ async fn a_leader_without_address_is_reached_through_the_override() {
 }
 
 #[tokio::test]
-async fn call_with_retry_survives_an_unavailable_answer() {
+async fn calls_survive_an_unavailable_answer() {
     let cluster = TestCluster::new(3);
     let lc = cluster.client(&[1], LeaderOptions::default());
     wait_answered_by(&lc, &cluster.id(0)).await;
@@ -500,7 +499,7 @@ async fn call_with_retry_survives_an_unavailable_answer() {
         .fail_next
         .store(1, Ordering::SeqCst);
     let before = cluster.nodes[0].curator.calls.load(Ordering::SeqCst);
-    let got = lc.call_with_retry(3, answered_by).await.expect("retried");
+    let got = lc.call(&up_to(3), answered_by).await.expect("retried");
     assert_eq!(got, cluster.id(0));
     assert_eq!(
         cluster.nodes[0].curator.calls.load(Ordering::SeqCst) - before,
@@ -512,17 +511,14 @@ async fn call_with_retry_survives_an_unavailable_answer() {
         .curator
         .fail_next
         .store(1, Ordering::SeqCst);
-    let status = lc
-        .call_with_retry(1, answered_by)
-        .await
-        .expect_err("no retry");
+    let status = lc.call(&up_to(1), answered_by).await.expect_err("no retry");
     assert_eq!(status.code(), Code::Unavailable);
 
     // Leadership moves while the first attempt is under way: it reaches a follower, which
     // answers "not the leader", and a later attempt reaches the new leader.
     let attempts = AtomicUsize::new(0);
     let got = lc
-        .call_with_retry(20, |channel| {
+        .call(&up_to(20), |channel| {
             if attempts.fetch_add(1, Ordering::SeqCst) == 0 {
                 cluster.elect(2);
             }
@@ -536,7 +532,7 @@ async fn call_with_retry_survives_an_unavailable_answer() {
     // Upstream followers answer Unimplemented: retried only once a new leader is known.
     let attempts = AtomicUsize::new(0);
     let got = lc
-        .call_with_retry(3, |channel| {
+        .call(&up_to(3), |channel| {
             let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
             let mut leader = lc.watch();
             let new_leader = cluster.id(1);
@@ -563,7 +559,7 @@ async fn call_with_retry_survives_an_unavailable_answer() {
     // Other failures, and Unimplemented from the current leader, are not retried.
     let attempts = AtomicUsize::new(0);
     let status = lc
-        .call_with_retry(5, |_| {
+        .call(&up_to(5), |_| {
             attempts.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>(Status::unimplemented("really")) }
         })
@@ -573,7 +569,7 @@ async fn call_with_retry_survives_an_unavailable_answer() {
     assert_eq!(attempts.load(Ordering::SeqCst), 1);
     let attempts = AtomicUsize::new(0);
     let status = lc
-        .call_with_retry(5, |_| {
+        .call(&up_to(5), |_| {
             attempts.fetch_add(1, Ordering::SeqCst);
             async { Err::<(), _>(Status::permission_denied("no")) }
         })
@@ -634,5 +630,90 @@ async fn dropping_the_last_handle_stops_discovery() {
         matches!(closed, Ok(Err(_))),
         "updater still running: {closed:?}"
     );
-    eventually("the discovery stream to close", || open() == 0).await;
+    eventually(SOON, async || open() == 0)
+        .await
+        .expect("the discovery stream closes");
+}
+
+#[tokio::test]
+async fn the_deadline_bounds_the_wait_for_a_leader() {
+    let cluster = TestCluster::new(1);
+    // Nothing listens on port 1: discovery never finds a leader.
+    let lc = LeaderChannel::new(
+        vec!["127.0.0.1:1".to_string()],
+        cluster.owner.clone(),
+        cluster.ca.clone(),
+        LeaderOptions::default(),
+    )
+    .expect("client");
+    let policy = RetryPolicy::default().with_deadline(Some(Duration::from_secs(1)));
+    let started = Instant::now();
+    let status = lc.call(&policy, answered_by).await.expect_err("no leader");
+    assert_eq!(status.code(), Code::Unavailable);
+    // Bounded by the call's deadline, not by the channel's 10 s wait for a leader.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        status.message().contains("127.0.0.1:1"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn a_hung_attempt_is_retried_on_the_leader() {
+    let cluster = TestCluster::new(2);
+    let lc = cluster.client(&[1], LeaderOptions::default());
+    let policy = RetryPolicy::default().with_attempt_timeout(Some(Duration::from_millis(300)));
+    let attempts = AtomicUsize::new(0);
+    let got = lc
+        .call(&policy, |channel| {
+            let first = attempts.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                answered_by(channel).await
+            }
+        })
+        .await
+        .expect("second attempt answers");
+    assert_eq!(got, cluster.id(0));
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_typed_client_follows_the_leader_and_names_failed_calls() {
+    let cluster = TestCluster::new(2);
+    let management = rpc::Management::new(cluster.client(&[1], LeaderOptions::default()));
+    let info = management.cluster_info().await.expect("cluster info");
+    assert_eq!(String::from_utf8_lossy(&info.ca_certificate), cluster.id(0));
+    assert_eq!(management.current_leader(), Some(cluster.id(0)));
+
+    // "Lost leadership" once: retried within the call.
+    cluster.nodes[0]
+        .curator
+        .fail_next
+        .store(1, Ordering::SeqCst);
+    management.cluster_info().await.expect("retried");
+
+    // Failing for longer than the deadline: the last status, named by its method.
+    cluster.nodes[0]
+        .curator
+        .fail_next
+        .store(1000, Ordering::SeqCst);
+    let error = management
+        .with_deadline(Duration::from_secs(1))
+        .cluster_info()
+        .await
+        .expect_err("deadline");
+    assert_eq!(error.method, "GetClusterInfo");
+    assert_eq!(error.code(), Code::Unavailable);
+    assert!(
+        error.to_string().starts_with("GetClusterInfo: Unavailable"),
+        "{error}"
+    );
 }

@@ -37,17 +37,28 @@ impl Default for SupervisorConfig {
     }
 }
 
-/// Exponential backoff state of one runnable.
+/// Exponential backoff state of one runnable: `backon`'s exponential delays with the
+/// supervisor's own constants, started over after a long healthy run.
 #[derive(Debug)]
 pub(crate) struct Backoff {
-    next: Duration,
+    delays: backon::ExponentialBackoff,
 }
 
 impl Backoff {
     pub(crate) fn new(config: &SupervisorConfig) -> Backoff {
         Backoff {
-            next: config.backoff_initial,
+            delays: Self::delays(config),
         }
+    }
+
+    fn delays(config: &SupervisorConfig) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder as _;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(config.backoff_initial)
+            .with_max_delay(config.backoff_max)
+            .with_factor(config.backoff_multiplier.max(1) as f32)
+            .without_max_times()
+            .build()
     }
 
     /// The delay before the next restart, given how long the failed run had been healthy.
@@ -57,13 +68,11 @@ impl Backoff {
         healthy_for: Option<Duration>,
     ) -> Duration {
         if healthy_for.is_some_and(|h| h >= config.backoff_reset_after) {
-            self.next = config.backoff_initial;
+            self.delays = Self::delays(config);
         }
-        let delay = self.next.min(config.backoff_max);
-        self.next = delay
-            .saturating_mul(config.backoff_multiplier)
-            .min(config.backoff_max);
-        delay
+        let delay = self.delays.next().unwrap_or(config.backoff_max);
+        // backon computes in f32 seconds: round off its noise so that 2 × 100 ms is 200 ms.
+        Duration::from_micros((delay.as_secs_f64() * 1e6).round() as u64).min(config.backoff_max)
     }
 }
 

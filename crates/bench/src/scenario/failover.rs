@@ -125,7 +125,7 @@ async fn one_round(cluster: &Cluster, kind: Kind, round: usize) -> Result<Round>
 
     let node = cluster.node(leader).clone();
     let old = management.current_leader();
-    let mut leaders = management.leader().watch();
+    let mut leaders = cluster.leader_channel().watch();
     let t0 = Instant::now();
     let down = tokio::spawn(async move {
         let exit = match kind {

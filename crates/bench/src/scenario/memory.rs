@@ -12,9 +12,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures::StreamExt;
-use proto::api::GetNodesRequest;
-use proto::api::management_client::ManagementClient;
 
 use crate::cluster;
 use crate::procfs;
@@ -22,7 +19,6 @@ use crate::report::{Row, ScenarioResult, Unit};
 use crate::setup::{self, Raw};
 
 const NAME: &str = "memory";
-const LEADER_BLOCK: &str = "127.90.5";
 const CLUSTER_BLOCK: &str = "127.90.8";
 /// Time the launched nodes get to take in the new records (watches, caches) before their
 /// memory is read.
@@ -51,7 +47,7 @@ pub async fn run(p: &Params) -> Result<ScenarioResult> {
 }
 
 async fn in_process(p: &Params) -> Result<Vec<Row>> {
-    let t = setup::leader(LEADER_BLOCK).await?;
+    let t = setup::leader().await?;
     let result = async {
         let before = procfs::rss(None)?;
         let raw = Raw::of(&t);
@@ -64,15 +60,10 @@ async fn in_process(p: &Params) -> Result<Vec<Row>> {
             t.leader.heartbeats.beat(&r.id);
         }
         drop(records);
-        let mut stream = ManagementClient::new(t.owner().await)
-            .get_nodes(GetNodesRequest::default())
+        let n = rpc::Management::direct(t.owner().await)
+            .get_nodes("")
             .await?
-            .into_inner();
-        let mut n = 0usize;
-        while let Some(node) = stream.next().await {
-            node?;
-            n += 1;
-        }
+            .len();
         anyhow::ensure!(n > p.records, "GetNodes listed {n} nodes");
         let etcd = t.consensus.pid.context("etcd pid unknown")?;
         let rss = procfs::rss(None)?;

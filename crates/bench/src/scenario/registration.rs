@@ -18,8 +18,6 @@ use curator::state::node::JOIN_KEYS_PREFIX;
 use futures::{StreamExt, TryStreamExt};
 use kv::etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use prost::Message;
-use proto::api::management_client::ManagementClient;
-use proto::api::{ApproveNodeRequest, GetRegisterTicketRequest};
 use proto::common::{ClusterConfiguration, NodeState, NodeStorageSecurity, NodeTpmUsage};
 use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::{CommitNodeRequest, RegisterNodeRequest};
@@ -31,8 +29,6 @@ use crate::setup::{self, Raw};
 use crate::stats::Latencies;
 
 const NAME: &str = "registration";
-/// Address block of this scenario's leader.
-const BLOCK: &str = "127.90.1";
 /// Key kinds (see `setup::key`) for the baseline's nodes, distinct from ours.
 const BASE_NODE_KEY: u8 = 11;
 const BASE_JOIN_KEY: u8 = 12;
@@ -64,7 +60,7 @@ impl Steps {
 
 /// Runs the scenario.
 pub async fn run(p: &Params) -> Result<ScenarioResult> {
-    let t = setup::leader(BLOCK).await?;
+    let t = setup::leader().await?;
     let result = measure(&t, p).await;
     t.stop().await;
     let (ours, ours_s, base, base_s) = result?;
@@ -108,11 +104,9 @@ pub async fn run(p: &Params) -> Result<ScenarioResult> {
 
 async fn measure(t: &curator::testing::TestLeader, p: &Params) -> Result<(Steps, f64, Steps, f64)> {
     let owner = t.owner().await;
-    let ticket = ManagementClient::new(owner.clone())
-        .get_register_ticket(GetRegisterTicketRequest {})
-        .await?
-        .into_inner()
-        .ticket;
+    let ticket = rpc::Management::direct(owner.clone())
+        .register_ticket()
+        .await?;
 
     let started = Instant::now();
     let ours = futures::stream::iter(0..p.nodes)
@@ -164,10 +158,8 @@ async fn ours_one(
     let register = s.elapsed();
 
     let s = Instant::now();
-    ManagementClient::new(owner.clone())
-        .approve_node(ApproveNodeRequest {
-            pubkey: node_key.public_key().as_bytes().to_vec(),
-        })
+    rpc::Management::direct(owner.clone())
+        .approve(node_key.public_key().as_bytes())
         .await
         .with_context(|| format!("ApproveNode of node {i}"))?;
     let approve = s.elapsed();

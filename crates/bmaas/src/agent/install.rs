@@ -7,7 +7,7 @@
 //! * `parameters.pb`: the serialized `NodeParameters` (what Metropolis reads from its ESP as
 //!   `metropolis/parameters.pb`), mode 0600 since it can hold a register ticket;
 //! * `installation.json`: the rest of the request (generation, root device, OS image or the
-//!   baseline's bundle URL).
+//!   older bundle URL).
 //!
 //! Any failure becomes an error report rather than an error of the agent.
 

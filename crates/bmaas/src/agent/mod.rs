@@ -1,11 +1,13 @@
-//! The BMaaS agent (spec 9.5): runs on a managed machine and keeps calling back to the BMaaS
+//! The BMaaS agent: runs on a managed machine and keeps calling back to the BMaaS
 //! server.
 //!
 //! Input is the init file (`AgentInit`: machine ID, server endpoint, optional CA, the agent's
 //! Ed25519 private key), written by the takeover. The agent then heartbeats forever:
 //! * every 30 s when things are fine, each call bounded by 10 s;
-//! * after failures with exponential backoff (0.5 s × 1.5 up to 60 s, randomised by ±50% as
-//!   upstream's backoff library does; it never gives up: there is nothing else to do);
+//! * after failures with exponential backoff (0.5 s × 1.5 up to 60 s), each wait lengthened
+//!   by a random part of itself (up to doubling it) so that the agents of many machines losing
+//!   the server together do not come back together (upstream randomises by ±50%); it never
+//!   gives up: there is nothing else to do;
 //! * the hardware report of the machine ([`crate::hwreport`]) goes with the first heartbeat
 //!   after one has succeeded (upstream sends it on the second, keeping the first one small as
 //!   a connectivity check), and never again while the process lives. Unlike upstream we send
@@ -130,34 +132,12 @@ impl Config {
     }
 }
 
-/// Exponential backoff with upstream's (cenkalti/backoff) defaults for randomisation.
-struct Backoff {
-    next: Duration,
-    initial: Duration,
-    multiplier: f64,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(t: &Timing) -> Self {
-        Backoff {
-            next: t.backoff_initial,
-            initial: t.backoff_initial,
-            multiplier: t.backoff_multiplier.max(1.0),
-            max: t.backoff_max,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    /// The wait before the next attempt: the current interval ±50%, then grow it.
-    fn wait(&mut self) -> Duration {
-        let random = (uuid::Uuid::new_v4().as_u128() % 1_000_001) as f64 / 1_000_000.0;
-        let wait = self.next.mul_f64(0.5 + random);
-        self.next = self.next.mul_f64(self.multiplier).min(self.max);
-        wait
+impl Timing {
+    /// The backoff after failed heartbeats, with jitter.
+    fn backoff(&self) -> rpc::Backoff {
+        rpc::Backoff::new(self.backoff_initial, self.backoff_max)
+            .with_factor(self.backoff_multiplier as f32)
+            .with_jitter()
     }
 }
 
@@ -188,7 +168,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut report: Option<AgentHardwareReport> = None;
     let mut report_state = HardwareReportState::WaitingForFirstHeartbeat;
 
-    let mut backoff = Backoff::new(&config.timing);
+    let mut backoff = config.timing.backoff().delays();
     // The generation of the last installation request attempted, and its report: unsent
     // (`pending`) or acknowledged by the server (`acknowledged`).
     let mut attempted_generation: Option<i64> = None;
@@ -217,7 +197,7 @@ pub async fn run(config: Config) -> Result<()> {
         let response = match result {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
-                let wait = backoff.wait();
+                let wait = backoff.next_delay();
                 tracing::warn!(
                     "heartbeat failed ({:?}: {}), retrying in {wait:?}",
                     status.code(),
@@ -227,7 +207,7 @@ pub async fn run(config: Config) -> Result<()> {
                 continue;
             }
             Err(_) => {
-                let wait = backoff.wait();
+                let wait = backoff.next_delay();
                 tracing::warn!(
                     "heartbeat timed out after {:?}, retrying in {wait:?}",
                     config.timing.timeout
@@ -295,19 +275,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_to_the_cap_and_resets() {
-        let mut b = Backoff::new(&Timing::default());
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Timing::default().backoff().delays();
         let mut last = Duration::ZERO;
         for _ in 0..30 {
-            last = b.wait();
-            assert!(last <= Duration::from_secs(90), "{last:?}");
+            last = b.next_delay();
+            assert!(last <= Duration::from_secs(120), "{last:?}");
         }
         assert!(
-            last >= Duration::from_secs(30),
-            "capped wait is 60 s ± 50%: {last:?}"
+            last >= Duration::from_secs(60),
+            "capped wait is 60 s plus up to as much again: {last:?}"
         );
         b.reset();
-        let first = b.wait();
-        assert!(first >= Duration::from_millis(250) && first <= Duration::from_millis(750));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_millis(1000));
     }
 }

@@ -122,7 +122,7 @@ pub fn client_config_with_cert(
 ) -> Result<Arc<rustls::ClientConfig>> {
     let verifier = server_verifier(ca)?;
     let chain = chain.into_iter().map(CertificateDer::from).collect();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_pkcs8_der()));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_pkcs8_der().to_vec()));
     let mut config = rustls::ClientConfig::builder_with_provider(rpc::crypto_provider())
         .with_safe_default_protocol_versions()?
         .dangerous()

@@ -1,6 +1,8 @@
 //! `bmaas-agent`: the BMaaS agent (see `bmaas::agent`). Reads its init file and heartbeats
 //! to the BMaaS server until it is stopped.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

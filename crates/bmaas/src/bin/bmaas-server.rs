@@ -5,6 +5,8 @@
 //! `internal gRPC listening on <addr>`, `public gRPC listening on <addr>` and, if enabled,
 //! `webug listening on http://<addr>/` (tests start it with `127.0.0.1:0` and read these).
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 
 use anyhow::Context;

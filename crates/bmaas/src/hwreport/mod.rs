@@ -1,4 +1,4 @@
-//! The hardware report (`cloud.agent.api.Node`, spec 9.5) of the machine the agent runs on.
+//! The hardware report (`cloud.agent.api.Node`) of the machine the agent runs on.
 //!
 //! Sources, all read-only: `/proc/cpuinfo` (CPUs), the SMBIOS table
 //! `/sys/firmware/dmi/tables/DMI` (manufacturer, product, serial, installed memory, UEFI

@@ -1,4 +1,4 @@
-//! `cloud.bmaas.server.api.AgentCallback` (spec 9.4): agents heartbeat, upload their hardware
+//! `cloud.bmaas.server.api.AgentCallback`: agents heartbeat, upload their hardware
 //! report and installation reports, and learn about pending OS installations.
 //!
 //! Heartbeat, in order (each step's failure code in brackets):

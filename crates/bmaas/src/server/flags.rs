@@ -1,4 +1,4 @@
-//! Command-line flags of `bmaas-server` (spec 9.6), as clap argument groups.
+//! Command-line flags of `bmaas-server`, as clap argument groups.
 //!
 //! Names are upstream's with dashes (`--srv-grpc-listen-address`); upstream's underscore
 //! spellings (`--srv_grpc_listen_address`) are accepted as aliases. `--bmdb-dsn` is ours: one

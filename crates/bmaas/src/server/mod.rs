@@ -1,4 +1,4 @@
-//! The BMaaS server (spec 9.1, 9.4, 9.6): three listeners over one BMDB.
+//! The BMaaS server: three listeners over one BMDB.
 //!
 //! * public gRPC (`--srv-public-grpc-listen-address`, default `:8080`): `AgentCallback` (and
 //!   reflection), TLS with a requested client certificate ([`agent_callback`]);

@@ -3,9 +3,10 @@
 //! * Public (agents): the component certificate; client certificates are *requested*, not
 //!   required, and accepted whatever they are. Upstream's listener used Go's
 //!   `RequestClientCert`, which verifies nothing; the Heartbeat handler then requires exactly
-//!   one Ed25519 certificate (spec 9.4 step 1, not checked to be self-signed) and the BMDB
-//!   lookup of its key is the authentication. Possession of the key is still proven: the TLS
-//!   handshake verifies the client's signature with the certificate's key. Leaving the
+//!   one Ed25519 certificate (its first check; the certificate is not required to be
+//!   self-signed, any issuer will do) and the BMDB lookup of its key is the authentication.
+//!   Possession of the key is still proven: the TLS handshake verifies the client's signature
+//!   with the certificate's key. Leaving the
 //!   certificate checks to the handler gives clients a gRPC `Unauthenticated` rather than a
 //!   bare TLS alert.
 //! * Internal (operators, other components): mutual TLS; client certificates must chain to the
@@ -80,7 +81,7 @@ impl ClientCertVerifier for AcceptAnyClientCert {
 }
 
 fn key_der(tls: &ComponentTls) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(tls.key.to_pkcs8_der()))
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(tls.key.to_pkcs8_der().to_vec()))
 }
 
 /// The public (agent) listener's TLS configuration.
@@ -119,8 +120,8 @@ pub fn internal_server_config(tls: &ComponentTls) -> Result<Arc<rustls::ServerCo
     Ok(Arc::new(config))
 }
 
-/// The Ed25519 key of the single certificate the caller presented (spec 2.1's extractor:
-/// none, several or a non-Ed25519 one → Unauthenticated).
+/// The Ed25519 key of the single certificate the caller presented. Like the peer certificate
+/// extraction of the node's cluster API: none, several or a non-Ed25519 one → Unauthenticated.
 pub fn peer_public_key<T>(request: &Request<T>) -> Result<PublicKey, Status> {
     let certs = request
         .peer_certs()

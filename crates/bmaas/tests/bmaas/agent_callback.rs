@@ -1,4 +1,4 @@
-//! AgentCallback.Heartbeat (spec 9.4): upstream's TestAgentCallbackService and
+//! AgentCallback.Heartbeat: upstream's TestAgentCallbackService and
 //! TestOSInstallationFlow, plus wrong keys, certificates and malformed requests.
 
 use std::time::{Duration, Instant};
@@ -105,7 +105,7 @@ async fn wrong_key_is_refused_like_an_unknown_machine() {
 
 #[tokio::test]
 async fn any_single_ed25519_certificate_with_the_right_key_is_accepted() {
-    // Spec 9.4: the certificate is not checked to be self-signed; the key is what counts.
+    // As upstream: the certificate is not checked to be self-signed; the key is what counts.
     let t = common::start().await;
     let key = SigningKey::generate().unwrap();
     let machine = t.machine_with_agent(&key).await;

@@ -1,5 +1,5 @@
 //! Schema migrations: up, up again, down and up, and the data-preserving step of
-//! 1681826233_exponential_backoff (spec 9.7).
+//! 1681826233_exponential_backoff.
 
 use bmdb::connection::migrator;
 use sqlx::Row;

@@ -1,4 +1,4 @@
-//! Workflow and tag queries (spec 9.3).
+//! Workflow and tag queries.
 
 use bmdb::model::OsInstallationResult;
 use bmdb::{Process, Provider, Session, queries};

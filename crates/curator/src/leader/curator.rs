@@ -1,4 +1,4 @@
-//! Curator service of the leader (spec 4.9): what nodes call to register, commit, join, report
+//! Curator service of the leader: what nodes call to register, commit, join, report
 //! their status and heartbeats, follow the cluster (Watch), get Kubernetes worker certificates
 //! and announce their cluster networking.
 //!

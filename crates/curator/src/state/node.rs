@@ -94,7 +94,7 @@ impl NodeRecord {
     }
 
     /// Decodes a stored record, refusing one whose key does not match the ID derived from its
-    /// public key (spec 4.3: such a record is corrupt or forged).
+    /// public key (such a record is corrupt or forged).
     pub fn decode(id: &str, bytes: &[u8]) -> Result<Self, StateError> {
         let key = format!("{NODES_PREFIX}{id}");
         let node = Node::decode(bytes).map_err(|e| StateError::corrupt(&key, e))?;
@@ -581,7 +581,8 @@ fn change(kind: EventKind, key: &[u8], value: &[u8]) -> Option<NodeChange> {
 }
 
 /// Writes `record` as it is, bypassing the lifecycle table: for test fixtures that need a
-/// node in a given state without walking it there.
+/// node in a given state without walking it there. Only the test harness has it.
+#[cfg(feature = "testing")]
 pub(crate) async fn write_unchecked(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
     l.txn(record.put_ops()).await.map(|_| ())
 }

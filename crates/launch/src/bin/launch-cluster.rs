@@ -2,6 +2,8 @@
 //! 127.x.y.0/24, prints where its state is and how to talk to it, and keeps it running until
 //! Ctrl-C (or SIGTERM), then stops every node it started. `make cluster` runs it.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

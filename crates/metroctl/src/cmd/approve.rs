@@ -1,8 +1,6 @@
 //! `metroctl approve [ids]`: without IDs, the nodes waiting in NEW with their public keys
 //! (to compare with what the new node logged); with IDs, ApproveNode for each.
 
-use proto::api::ApproveNodeRequest;
-use proto::api::management_client::ManagementClient;
 use proto::common::NodeState;
 
 use super::Env;
@@ -52,17 +50,11 @@ pub async fn run(env: &Env, ids: &[String]) -> Result<()> {
                 )));
             }
         }
-        let pubkey = node.pubkey.clone();
         session
-            .call(&format!("approving node {id}"), move |channel| {
-                let pubkey = pubkey.clone();
-                async move {
-                    ManagementClient::new(channel)
-                        .approve_node(ApproveNodeRequest { pubkey })
-                        .await
-                        .map(|_| ())
-                }
-            })
+            .api(
+                &format!("approving node {id}"),
+                session.management().approve(&node.pubkey),
+            )
             .await?;
         println!("approved node {id}; it becomes UP once it has committed");
     }

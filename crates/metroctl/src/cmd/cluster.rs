@@ -3,12 +3,8 @@
 use std::path::Path;
 
 use prost::Message;
-use proto::api::management_client::ManagementClient;
 use proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
-use proto::api::{
-    GetClusterInfoRequest, GetClusterInfoResponse, GetRegisterTicketRequest, NodeParameters,
-    RotateRegisterTicketRequest,
-};
+use proto::api::{GetClusterInfoResponse, NodeParameters};
 use proto::common::cluster_configuration::{StorageSecurityPolicy, TpmMode};
 use proto::common::node_labels::Pair;
 use proto::common::{ClusterConfiguration, ClusterDirectory, NodeLabels};
@@ -96,17 +92,15 @@ pub async fn info(env: &Env) -> Result<()> {
 
 async fn cluster_info(session: &Session) -> Result<GetClusterInfoResponse> {
     session
-        .call("reading the cluster info", |channel| async move {
-            Ok(ManagementClient::new(channel)
-                .get_cluster_info(GetClusterInfoRequest {})
-                .await?
-                .into_inner())
-        })
+        .api(
+            "reading the cluster info",
+            session.management().cluster_info(),
+        )
         .await
 }
 
-/// `(node ID, addresses)` of each directory entry (ID from the HEAD `id` field, else derived
-/// from the baseline's public key).
+/// `(node ID, addresses)` of each directory entry (ID from the `id` field later upstream Monogon
+/// added, else derived from the baseline's public key).
 fn directory_entries(dir: Option<&ClusterDirectory>) -> Vec<(String, Vec<String>)> {
     dir.map(|d| {
         d.nodes
@@ -147,13 +141,10 @@ pub async fn ticket(env: &Env, rotate: bool) -> Result<()> {
     let session = env.ctx.owner_session().await?;
     let ticket = if rotate {
         session
-            .call("rotating the register ticket", |channel| async move {
-                Ok(ManagementClient::new(channel)
-                    .rotate_register_ticket(RotateRegisterTicketRequest {})
-                    .await?
-                    .into_inner()
-                    .ticket)
-            })
+            .api(
+                "rotating the register ticket",
+                session.management().rotate_register_ticket(),
+            )
             .await?
     } else {
         register_ticket(&session).await?
@@ -173,13 +164,10 @@ pub async fn ticket(env: &Env, rotate: bool) -> Result<()> {
 
 async fn register_ticket(session: &Session) -> Result<Vec<u8>> {
     session
-        .call("reading the register ticket", |channel| async move {
-            Ok(ManagementClient::new(channel)
-                .get_register_ticket(GetRegisterTicketRequest {})
-                .await?
-                .into_inner()
-                .ticket)
-        })
+        .api(
+            "reading the register ticket",
+            session.management().register_ticket(),
+        )
         .await
 }
 

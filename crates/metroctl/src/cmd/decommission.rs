@@ -3,9 +3,6 @@
 
 use std::time::Duration;
 
-use proto::api::DecommissionNodeRequest;
-use proto::api::decommission_node_request::Node as Which;
-use proto::api::management_client::ManagementClient;
 use proto::common::NodeState;
 use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::watch_request::{Kind as WatchKind, NodeInCluster};
@@ -27,19 +24,8 @@ pub async fn run(env: &Env, id: &str, timeout: Duration, no_wait: bool) -> Resul
     check_node_id(id)?;
     let session = env.ctx.owner_session().await?;
     let node = session.node(id).await?;
-    let request = DecommissionNodeRequest {
-        node: Some(Which::Id(id.to_string())),
-    };
     session
-        .call_status(move |channel| {
-            let request = request.clone();
-            async move {
-                ManagementClient::new(channel)
-                    .decommission_node(request)
-                    .await
-                    .map(|_| ())
-            }
-        })
+        .api_status(session.management().decommission(id))
         .await?
         .map_err(|status| decommission_error(&status, id, &node))?;
     if no_wait {
@@ -101,7 +87,7 @@ async fn follow(
                         }
                     }
                     Ok(None) => break,
-                    Err(status) if matches!(status.code(), Code::Unavailable | Code::Cancelled | Code::Unknown) => break,
+                    Err(status) if rpc::is_transient(status.code()) => break,
                     Err(status) => {
                         return Err(Error::from_status(&format!("watching node {id}"), &status));
                     }

@@ -1,10 +1,5 @@
 //! `metroctl node delete <id>`, with the safety bypasses confirmed by the user.
 
-use proto::api::DeleteNodeRequest;
-use proto::api::delete_node_request::{
-    Node as Which, SafetyBypassHasRoles, SafetyBypassNotDecommissioned,
-};
-use proto::api::management_client::ManagementClient;
 use proto::common::NodeState;
 use tonic::{Code, Status};
 
@@ -46,23 +41,12 @@ pub async fn run(env: &Env, id: &str, bypass: Bypass, yes: bool) -> Result<()> {
     if bypass.any() && !yes {
         confirm(id, &node, bypass)?;
     }
-    let request = DeleteNodeRequest {
-        node: Some(Which::Id(id.to_string())),
-        safety_bypass_has_roles: bypass.has_roles.then_some(SafetyBypassHasRoles {}),
-        safety_bypass_not_decommissioned: bypass
-            .not_decommissioned
-            .then_some(SafetyBypassNotDecommissioned {}),
+    let bypass_flags = rpc::DeleteBypass {
+        has_roles: bypass.has_roles,
+        not_decommissioned: bypass.not_decommissioned,
     };
     session
-        .call_status(move |channel| {
-            let request = request.clone();
-            async move {
-                ManagementClient::new(channel)
-                    .delete_node(request)
-                    .await
-                    .map(|_| ())
-            }
-        })
+        .api_status(session.management().delete(id, bypass_flags))
         .await?
         .map_err(|status| delete_error(&status, id, &node))?;
     println!("deleted node {id}");

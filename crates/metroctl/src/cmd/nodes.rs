@@ -8,7 +8,7 @@ use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::watch_event::Progress;
 use proto::curator_api::watch_request::{Kind as WatchKind, NodesInCluster};
 use proto::curator_api::{WatchEvent, WatchRequest};
-use tonic::{Code, Streaming};
+use tonic::Streaming;
 
 use super::Env;
 use crate::cli::{Format, SelectArgs};
@@ -104,7 +104,7 @@ async fn watch(env: &Env, session: &Session, selection: &Selection) -> Result<()
                 Ok(Some(event)) => event,
                 // Leadership moved or the connection broke: watch again on the new leader.
                 Ok(None) => break,
-                Err(status) if is_transient(&status) => break,
+                Err(status) if rpc::is_transient(status.code()) => break,
                 Err(status) => return Err(Error::from_status("watching nodes", &status)),
             };
             if event.progress == Progress::LastBacklogged as i32 {
@@ -136,13 +136,6 @@ async fn open_watch(session: &Session) -> Result<Streaming<WatchEvent>> {
                 .into_inner())
         })
         .await
-}
-
-fn is_transient(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Cancelled | Code::Unknown
-    )
 }
 
 /// Whether an event concerns a shown node (all nodes if no IDs were given). The first

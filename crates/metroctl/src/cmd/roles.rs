@@ -2,7 +2,6 @@
 //! UpdateNodeRoles per node, setting or clearing just the one role.
 
 use proto::api::UpdateNodeRolesRequest;
-use proto::api::management_client::ManagementClient;
 use proto::api::update_node_roles_request::Node as Which;
 use tonic::{Code, Status};
 
@@ -20,15 +19,7 @@ pub async fn run(env: &Env, args: &RoleArgs, add: bool) -> Result<()> {
     for id in &args.ids {
         let request = request(id, args.role, add);
         let result = session
-            .call_status(move |channel| {
-                let request = request.clone();
-                async move {
-                    ManagementClient::new(channel)
-                        .update_node_roles(request)
-                        .await
-                        .map(|_| ())
-                }
-            })
+            .api_status(session.management().update_roles(request))
             .await?;
         result.map_err(|status| role_error(&status, id, args.role, add))?;
         let verb = if add { "added" } else { "removed" };

@@ -1,4 +1,4 @@
-//! Bootstrap (spec 5.2): the first node of a new cluster.
+//! Bootstrap: the first node of a new cluster.
 //!
 //! [`plan`] checks the parameters and prepares keys: the cluster configuration (upstream's
 //! defaults if none is given), the node's TPM usage (there is no TPM, so a configuration with
@@ -84,7 +84,7 @@ pub async fn run(rs: &Roleserve) -> Result<(), Exit> {
     let data = DataDir::create(&env.layout.data, key).map_err(fatal("cannot set up storage"))?;
     contents::save_credentials(&data, &creds).map_err(fatal("cannot save node credentials"))?;
     let sealed = SealedConfiguration {
-        node_unlock_key: plan.unlock_keys.nuk.clone(),
+        node_unlock_key: plan.unlock_keys.nuk.to_vec(),
         join_key: plan.join_key.to_keypair_bytes().to_vec(),
         cluster_ca: creds.ca().to_vec(),
         storage_security: plan.storage as i32,

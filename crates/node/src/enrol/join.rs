@@ -1,4 +1,4 @@
-//! Join (spec 5.4): every boot of an enrolled node.
+//! Join: every boot of an enrolled node.
 //!
 //! The node reads its sealed configuration (NUK, join key, cluster CA, storage security),
 //! calls JoinNode with an ephemeral certificate of its join key against the curators of its
@@ -14,26 +14,28 @@
 //! e.g. decommissioned) end the process with exit code 3; PermissionDenied (e.g. a TPM mode
 //! the node cannot satisfy) and anything unexpected with exit code 1.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use identity::SigningKey;
 use proto::curator_api::JoinNodeRequest;
 use proto::curator_api::curator_client::CuratorClient;
 use proto::private::SealedConfiguration;
+use rpc::retry::{Backoff, RetryPolicy, is_transient};
 use rpc::{ClientCredentials, LeaderChannel, LeaderOptions};
 use tonic::Code;
 
 use super::{announce_node_id, fatal, wait_reachable};
 use crate::exit::Exit;
 use crate::params;
-use crate::retry::{Backoff, is_transient};
-use crate::roleserve::membership::CALL_ATTEMPTS;
 use crate::roleserve::{Membership, Roleserve, gone_message};
 use crate::storage::{DataDir, contents, keys};
 
-/// Backoff of JoinNode retries: quick at first (a cluster restarting), then every 10 s.
-const JOIN_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
-const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// JoinNode is retried forever: quick at first (a cluster restarting), then every 10 s, with
+/// jitter (every node of a restarting cluster joins at once).
+const JOIN_POLICY: RetryPolicy = RetryPolicy::forever(
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(10)).with_jitter(),
+);
 
 /// Joins with the sealed configuration and publishes the membership.
 pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit> {
@@ -107,52 +109,47 @@ async fn join_node(
         LeaderOptions::default(),
     )
     .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
-    let mut backoff = Backoff::new(JOIN_BACKOFF_INITIAL, JOIN_BACKOFF_MAX);
-    let mut attempts = 0u32;
-    loop {
-        wait_reachable(seeds, ca).await?;
-        let result = leader
-            .call_with_retry(CALL_ATTEMPTS, |ch| async move {
-                CuratorClient::new(ch)
+    wait_reachable(seeds, ca).await?;
+    let failures = AtomicU32::new(0);
+    let result = leader
+        .call(&JOIN_POLICY, |ch| {
+            let failures = &failures;
+            async move {
+                let result = CuratorClient::new(ch)
                     .join_node(JoinNodeRequest {
                         using_sealed_configuration: false,
                     })
-                    .await
-            })
-            .await;
-        let s = match result {
-            Ok(r) => return Ok(r.into_inner().cluster_unlock_key),
-            Err(s) => s,
-        };
-        match s.code() {
-            c if is_transient(c) => {
-                if attempts.is_multiple_of(5) {
+                    .await;
+                // Every fifth failure is worth a line in the log; the loop never gives up.
+                if let Err(s) = &result
+                    && is_transient(s.code())
+                    && failures.fetch_add(1, Ordering::Relaxed).is_multiple_of(5)
+                {
                     tracing::warn!("JoinNode: {}; retrying", s.message());
                 }
-                attempts += 1;
-                backoff.wait().await;
+                result
             }
-            Code::NotFound => {
-                return Err(Exit::gone(gone_message(
-                    &rs.env,
-                    &format!("deleted: JoinNode says {}", s.message()),
-                )));
-            }
-            Code::FailedPrecondition => {
-                return Err(Exit::gone(gone_message(
-                    &rs.env,
-                    &format!(
-                        "not UP any more (decommissioned?): JoinNode says {}",
-                        s.message()
-                    ),
-                )));
-            }
-            c => {
-                return Err(Exit::fatal(format!(
-                    "the cluster refused this node's join: {c:?}: {}",
-                    s.message()
-                )));
-            }
-        }
-    }
+        })
+        .await;
+    let s = match result {
+        Ok(r) => return Ok(r.into_inner().cluster_unlock_key),
+        Err(s) => s,
+    };
+    Err(match s.code() {
+        Code::NotFound => Exit::gone(gone_message(
+            &rs.env,
+            &format!("deleted: JoinNode says {}", s.message()),
+        )),
+        Code::FailedPrecondition => Exit::gone(gone_message(
+            &rs.env,
+            &format!(
+                "not UP any more (decommissioned?): JoinNode says {}",
+                s.message()
+            ),
+        )),
+        c => Exit::fatal(format!(
+            "the cluster refused this node's join: {c:?}: {}",
+            s.message()
+        )),
+    })
 }

@@ -1,4 +1,4 @@
-//! Enrolment (spec 5.1-5.4): the node's `root` runnable decides, once per process, how it
+//! Enrolment: the node's `root` runnable decides, once per process, how it
 //! becomes a member, and then starts the roleserve workers (`root.role`).
 //!
 //! * A sealed configuration on the ESP: **join** ([`join`]), on every boot after the first.
@@ -107,13 +107,18 @@ pub(crate) fn fatal(what: &str) -> impl Fn(storage::Error) -> Exit + '_ {
     move |e| Exit::fatal(format!("{what}: {e}"))
 }
 
+/// Pauses between probes of an unreachable cluster, with jitter: every node of a cluster that
+/// restarts at once probes it.
+const REACHABLE_BACKOFF: rpc::Backoff = rpc::Backoff::new(
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(10),
+)
+.with_jitter();
+
 /// Waits until at least one of `endpoints` is a curator of the cluster whose CA is `ca`;
 /// fails if every endpoint that answers belongs to another cluster.
 pub(crate) async fn wait_reachable(endpoints: &[String], ca: &[u8]) -> Result<(), Exit> {
-    let mut backoff = crate::retry::Backoff::new(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(10),
-    );
+    let mut backoff = REACHABLE_BACKOFF.delays();
     let mut attempts = 0u32;
     loop {
         match crate::probe::probe_all(endpoints, ca).await {

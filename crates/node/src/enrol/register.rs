@@ -1,4 +1,4 @@
-//! Register (spec 5.3): a new node joining an existing cluster with `cluster_register`
+//! Register: a new node joining an existing cluster with `cluster_register`
 //! parameters.
 //!
 //! The node checks the parameters, generates its node and join keys, makes sure the
@@ -20,6 +20,7 @@ use proto::common::{NodeLabels, NodeStorageSecurity};
 use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::{CommitNodeRequest, CommitNodeResponse, RegisterNodeRequest};
 use proto::private::SealedConfiguration;
+use rpc::retry::{Backoff, RetryPolicy, is_transient};
 use rpc::{ClientCredentials, LeaderChannel, LeaderOptions};
 use tokio::time::Instant;
 use tonic::Code;
@@ -27,10 +28,14 @@ use tonic::Code;
 use super::{announce_node_id, fatal, wait_reachable};
 use crate::exit::Exit;
 use crate::params;
-use crate::retry::{Backoff, is_transient};
-use crate::roleserve::membership::CALL_ATTEMPTS;
 use crate::roleserve::{Membership, Roleserve};
 use crate::storage::{DataDir, UnlockKeys, contents};
+
+/// RegisterNode is retried forever while the cluster is unreachable, with jitter (a batch of
+/// new nodes registers at once).
+const REGISTER_POLICY: RetryPolicy = RetryPolicy::forever(
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(10)).with_jitter(),
+);
 
 /// Pause between CommitNode attempts while waiting for approval (upstream: 1 s).
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
@@ -84,7 +89,7 @@ pub async fn run(rs: &Roleserve, r: &ClusterRegister) -> Result<(), Exit> {
     let data = DataDir::create(&env.layout.data, key).map_err(fatal("cannot set up storage"))?;
     contents::save_credentials(&data, &creds).map_err(fatal("cannot save node credentials"))?;
     let sealed = SealedConfiguration {
-        node_unlock_key: unlock_keys.nuk.clone(),
+        node_unlock_key: unlock_keys.nuk.to_vec(),
         join_key: join_key.to_keypair_bytes().to_vec(),
         cluster_ca: p.ca.clone(),
         storage_security: storage as i32,
@@ -131,38 +136,40 @@ async fn register_node(
         register_ticket: ticket.to_vec(),
         join_key: join_key.public_key().as_bytes().to_vec(),
         have_local_tpm: false,
-        // [HEAD] labels the node registers with; the cluster validates them.
+        // The labels the node registers with (a field of later upstream Monogon, not in the
+        // 8456ddf0 baseline); the cluster validates them.
         labels,
     };
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
-    let response = loop {
-        let result = leader
-            .call_with_retry(CALL_ATTEMPTS, |ch| {
-                let request = request.clone();
-                async move { CuratorClient::new(ch).register_node(request).await }
-            })
-            .await;
-        match result {
-            Ok(r) => break r.into_inner(),
-            Err(s) if is_transient(s.code()) => {
-                tracing::warn!("RegisterNode: {}; retrying", s.message());
-                backoff.wait().await;
+    let result = leader
+        .call(&REGISTER_POLICY, |ch| {
+            let request = request.clone();
+            async move {
+                let result = CuratorClient::new(ch).register_node(request).await;
+                if let Err(s) = &result
+                    && is_transient(s.code())
+                {
+                    tracing::warn!("RegisterNode: {}; retrying", s.message());
+                }
+                result
             }
-            Err(s) => {
-                let hint = match s.code() {
-                    Code::PermissionDenied => {
-                        " (a wrong register ticket, or the cluster requires a TPM, which this \
+        })
+        .await;
+    let response = match result {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            let hint = match s.code() {
+                Code::PermissionDenied => {
+                    " (a wrong register ticket, or the cluster requires a TPM, which this \
                          node does not have)"
-                    }
-                    Code::FailedPrecondition => " (this node key is already registered)",
-                    _ => "",
-                };
-                return Err(Exit::fatal(format!(
-                    "the cluster refused to register this node: {:?}: {}{hint}",
-                    s.code(),
-                    s.message()
-                )));
-            }
+                }
+                Code::FailedPrecondition => " (this node key is already registered)",
+                _ => "",
+            };
+            return Err(Exit::fatal(format!(
+                "the cluster refused to register this node: {:?}: {}{hint}",
+                s.code(),
+                s.message()
+            )));
         }
     };
     tracing::info!(
@@ -193,8 +200,9 @@ async fn commit_node(
     let id = node_key.public_key().node_id();
     let mut last_hint: Option<Instant> = None;
     loop {
+        // One attempt per round: this loop polls anyway, transient failures included.
         let result = leader
-            .call_with_retry(CALL_ATTEMPTS, |ch| {
+            .call(&RetryPolicy::once(), |ch| {
                 let request = request.clone();
                 async move { CuratorClient::new(ch).commit_node(request).await }
             })

@@ -231,7 +231,7 @@ async fn credentials_from_etcd(
     Ok(NodeCredentials::new(node_key.clone(), cert, ca_der)?)
 }
 
-/// Bootstrap (spec 5.2 step 7): add ourselves as the first member, write the initial cluster
+/// The last step of bootstrap: add ourselves as the first member, write the initial cluster
 /// state, hand the credentials to enrolment. Idempotent, so a restart of this worker
 /// half-way simply does it again.
 async fn bootstrap(
@@ -250,7 +250,7 @@ async fn bootstrap(
     let data = BootstrapData {
         node_key,
         join_key: plan.join_key.public_key(),
-        cluster_unlock_key: plan.unlock_keys.cuk.clone(),
+        cluster_unlock_key: plan.unlock_keys.cuk.to_vec(),
         owner_key: plan.owner_key.as_bytes().to_vec(),
         configuration: plan.configuration.clone(),
         tpm_usage: plan.tpm_usage,

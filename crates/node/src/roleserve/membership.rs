@@ -13,15 +13,17 @@ use std::collections::HashMap;
 use identity::{NodeCredentials, SigningKey};
 use proto::curator_api::JoinNodeRequest;
 use proto::curator_api::curator_client::CuratorClient;
+use rpc::retry::{DEFAULT_BACKOFF, RetryPolicy};
 use rpc::{ClientCredentials, LeaderChannel, LeaderOptions};
 use tonic::{Code, Status};
 
 use super::NodeEnv;
 use crate::storage::DataDir;
 
-/// How many times one-shot calls through the leader channel are tried on a follower or a lost
-/// leadership before the worker gives up (and is restarted by its supervisor).
-pub const CALL_ATTEMPTS: usize = 5;
+/// How the workers' one-shot calls through the leader channel are retried on a follower or a
+/// lost leadership: five attempts, each bounded, before the worker gives up (and is restarted
+/// by its supervisor).
+pub const CALL_POLICY: RetryPolicy = RetryPolicy::forever(DEFAULT_BACKOFF).with_attempts(Some(5));
 
 /// An enrolled node's credentials, data and curator connection.
 #[derive(Debug, Clone)]
@@ -100,7 +102,7 @@ impl Membership {
             }
         };
         let result = channel
-            .call_with_retry(CALL_ATTEMPTS, |ch| async move {
+            .call(&CALL_POLICY, |ch| async move {
                 CuratorClient::new(ch)
                     .join_node(JoinNodeRequest {
                         using_sealed_configuration: false,

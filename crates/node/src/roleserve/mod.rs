@@ -1,4 +1,4 @@
-//! Roleserve (spec 5.6): the reactive workers of an enrolled node, and the state they share.
+//! Roleserve: the reactive workers of an enrolled node, and the state they share.
 //!
 //! Enrolment and workers communicate through watched values in [`Roleserve`], upstream's
 //! event values: the bootstrap plan (first boot of the first node), the credentials the
@@ -57,8 +57,9 @@ pub struct NodeEnv {
     /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
     /// worker, and by the local curator where one runs).
     pub revocations: RevocationSet,
-    /// Identifies this run of the node ([HEAD] NodeStatus.boot_id): upstream reads the
-    /// kernel's boot ID; for a node process, every start is a boot.
+    /// Identifies this run of the node (NodeStatus.boot_id, a field of later upstream Monogon,
+    /// not in the 8456ddf0 baseline): upstream reads the kernel's boot ID; for a node process,
+    /// every start is a boot.
     pub boot_id: Vec<u8>,
 }
 
@@ -79,7 +80,7 @@ impl NodeEnv {
     }
 }
 
-/// Everything the first node needs to bootstrap the cluster (spec 5.2), prepared by
+/// Everything the first node needs to bootstrap the cluster, prepared by
 /// enrolment and consumed by the control plane.
 #[derive(Debug, Clone)]
 pub struct BootstrapPlan {

@@ -13,7 +13,7 @@ use proto::curator_api::UpdateNodeStatusRequest;
 use proto::curator_api::curator_client::CuratorClient;
 use supervisor::{Context, Runnable, RunnableResult};
 
-use super::membership::CALL_ATTEMPTS;
+use super::membership::CALL_POLICY;
 use super::{Roleserve, call_failed, until_cancelled};
 
 /// The supervisor runnable.
@@ -49,7 +49,7 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
             };
             let result = m
                 .curator
-                .call_with_retry(CALL_ATTEMPTS, |ch| {
+                .call(&CALL_POLICY, |ch| {
                     let request = request.clone();
                     async move { CuratorClient::new(ch).update_node_status(request).await }
                 })

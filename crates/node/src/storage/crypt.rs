@@ -19,6 +19,7 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 /// Length of the data key (NUK ⊕ CUK) and of each half.
 pub const KEY_LEN: usize = 32;
@@ -57,19 +58,19 @@ pub enum CryptError {
     Rng,
 }
 
-/// The data key NUK ⊕ CUK. Never printed: its `Debug` is redacted.
+/// The data key NUK ⊕ CUK. Never printed (its `Debug` is redacted) and wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
-pub struct DataKey([u8; KEY_LEN]);
+pub struct DataKey(Zeroizing<[u8; KEY_LEN]>);
 
 impl DataKey {
     /// Wraps raw key bytes.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        Self(bytes)
+        Self(Zeroizing::new(bytes))
     }
 
     fn key_check(&self) -> [u8; KEY_CHECK_LEN] {
         let mac = hmac::sign(
-            &hmac::Key::new(hmac::HMAC_SHA256, &self.0),
+            &hmac::Key::new(hmac::HMAC_SHA256, &self.0[..]),
             KEY_CHECK_DOMAIN,
         );
         let mut out = [0u8; KEY_CHECK_LEN];
@@ -79,7 +80,7 @@ impl DataKey {
 
     fn aead(&self) -> LessSafeKey {
         // Cannot fail: the key has exactly the length AES-256 needs.
-        let key = UnboundKey::new(&AES_256_GCM, &self.0).expect("32-byte AES-256 key");
+        let key = UnboundKey::new(&AES_256_GCM, &self.0[..]).expect("32-byte AES-256 key");
         LessSafeKey::new(key)
     }
 }
@@ -87,14 +88,6 @@ impl DataKey {
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("DataKey(<redacted>)")
-    }
-}
-
-impl Drop for DataKey {
-    // Best effort: without `unsafe` volatile writes the compiler may elide this, but it costs
-    // nothing and usually shortens how long the key lingers in freed memory.
-    fn drop(&mut self) {
-        self.0.fill(0);
     }
 }
 

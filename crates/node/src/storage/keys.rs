@@ -1,21 +1,22 @@
-//! The two halves of the data key (spec 5.5): the node unlock key (NUK, kept on the ESP in the
+//! The two halves of the data key: the node unlock key (NUK, kept on the ESP in the
 //! sealed configuration) and the cluster unlock key (CUK, kept only by the cluster in the
 //! node's record and returned by JoinNode). The data key is NUK ⊕ CUK, so neither the ESP nor
 //! the cluster alone can read the node's data.
 
 use proto::common::NodeStorageSecurity;
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
 
 use super::Error;
 use super::crypt::{DataKey, KEY_LEN};
 
-/// A fresh pair of unlock keys (both empty for INSECURE storage).
+/// A fresh pair of unlock keys (both empty for INSECURE storage), wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UnlockKeys {
     /// The node's half.
-    pub nuk: Vec<u8>,
+    pub nuk: Zeroizing<Vec<u8>>,
     /// The cluster's half.
-    pub cuk: Vec<u8>,
+    pub cuk: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for UnlockKeys {
@@ -35,13 +36,13 @@ impl UnlockKeys {
     pub fn generate(security: NodeStorageSecurity) -> Result<Self, Error> {
         match checked(security)? {
             NodeStorageSecurity::Insecure => Ok(Self {
-                nuk: Vec::new(),
-                cuk: Vec::new(),
+                nuk: Zeroizing::new(Vec::new()),
+                cuk: Zeroizing::new(Vec::new()),
             }),
             _ => {
                 let rng = SystemRandom::new();
-                let mut nuk = vec![0u8; KEY_LEN];
-                let mut cuk = vec![0u8; KEY_LEN];
+                let mut nuk = Zeroizing::new(vec![0u8; KEY_LEN]);
+                let mut cuk = Zeroizing::new(vec![0u8; KEY_LEN]);
                 rng.fill(&mut nuk).map_err(|_| Error::Rng)?;
                 rng.fill(&mut cuk).map_err(|_| Error::Rng)?;
                 Ok(Self { nuk, cuk })
@@ -83,13 +84,11 @@ pub fn data_key(
     };
     len_ok("node unlock key", nuk)?;
     len_ok("cluster unlock key", cuk)?;
-    let mut key = [0u8; KEY_LEN];
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
     for (i, b) in key.iter_mut().enumerate() {
         *b = nuk[i] ^ cuk[i];
     }
-    let out = DataKey::from_bytes(key);
-    key.fill(0);
-    Ok(Some(out))
+    Ok(Some(DataKey::from_bytes(*key)))
 }
 
 /// Rejects INVALID and unknown storage security values.

@@ -1,5 +1,5 @@
 //! Register Flow (RegisterNode → manager approval → CommitNode) and Join Flow (JoinNode),
-//! spec 4.9. All three are called without cluster credentials: the caller proves possession of
+//! as upstream. All three are called without cluster credentials: the caller proves possession of
 //! a key with a self-signed certificate — the node key for RegisterNode/CommitNode, the join
 //! key for JoinNode.
 //!
@@ -19,7 +19,9 @@ use proto::curator_api::{
 };
 use proto::curator_private::Node;
 use rpc::PeerInfo;
+use subtle::ConstantTimeEq;
 use tonic::Status;
+use zeroize::Zeroizing;
 
 use super::state_name;
 use crate::election::Leadership;
@@ -140,32 +142,30 @@ async fn ensure_join_key_free(
 /// unauthenticated, so this takes no lock and writes nothing: one read of the ticket. A cluster
 /// that never issued a ticket (GetRegisterTicket creates it) has none to match.
 async fn check_ticket(leader: &Leader, given: &[u8]) -> Result<(), Status> {
-    let expected = cluster::register_ticket(&leader.leadership).await?;
+    // Zeroized when dropped: the ticket admits whoever holds it.
+    let expected = cluster::register_ticket(&leader.leadership)
+        .await?
+        .map(Zeroizing::new);
     match expected {
         Some(expected) if ticket_matches(&expected, given) => Ok(()),
         _ => Err(Status::permission_denied("invalid register ticket")),
     }
 }
 
-/// Compares without an early exit so the time taken says nothing about how many leading bytes
-/// were right. The length is not secret (every ticket is 34 bytes).
+/// Compares in constant time, so the time taken says nothing about how many leading bytes
+/// were right. The length is not secret (every ticket is 34 bytes): a different length is
+/// rejected at once.
 fn ticket_matches(expected: &[u8], given: &[u8]) -> bool {
-    if expected.len() != given.len() {
-        return false;
-    }
-    let diff = expected
-        .iter()
-        .zip(given)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    std::hint::black_box(diff) == 0
+    expected.ct_eq(given).into()
 }
 
-/// The labels a registering node keeps ([HEAD]). Invalid ones, repeats of an earlier key and
-/// those beyond the first 128 are dropped and logged rather than refused, as upstream HEAD
-/// does: the labels come from the node's NodeParameters, which the node cannot change, so a
-/// refusal would lock it out of the cluster for good, while a dropped label is one
-/// UpdateNodeLabels away from fixed. metroctl checks labels before it writes them into
-/// NodeParameters, so with our tools nothing is dropped here. `None` if none remain.
+/// The labels a registering node keeps (later upstream Monogon, not in the 8456ddf0 baseline).
+/// Invalid ones, repeats of an earlier key and those beyond the first 128 are dropped and logged
+/// rather than refused, as later upstream Monogon does: the labels come from the node's
+/// NodeParameters, which the node cannot change, so a refusal would lock it out of the cluster for
+/// good, while a dropped label is one UpdateNodeLabels away from fixed. metroctl checks labels
+/// before it writes them into NodeParameters, so with our tools nothing is dropped here. `None` if
+/// none remain.
 fn registration_labels(id: &str, given: Option<NodeLabels>) -> Option<NodeLabels> {
     let given = given.map(|l| l.pairs).unwrap_or_default();
     let filtered =

@@ -1,4 +1,4 @@
-//! Curator.Watch (spec 4.9): the current state of one node or of all nodes, then every change.
+//! Curator.Watch: the current state of one node or of all nodes, then every change.
 //!
 //! Both kinds read the current state with one leadership-guarded read and then follow the
 //! changes from the revision right after that read ([`node::snapshot`], [`node::changes`]),

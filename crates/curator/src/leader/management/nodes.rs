@@ -199,7 +199,7 @@ fn check_decommissionable(record: &NodeRecord) -> Result<(), Status> {
     Ok(())
 }
 
-/// DeleteNode's preconditions (spec 4.8) with the safety bypasses.
+/// DeleteNode's preconditions with the safety bypasses.
 fn check_deletable(
     record: &NodeRecord,
     bypass_has_roles: bool,
