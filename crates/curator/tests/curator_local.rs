@@ -13,7 +13,7 @@ use rpc::ClientCredentials;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_current_leader() {
-    let t = TestLeader::start("127.86.18").await;
+    let t = TestLeader::start().await;
     // Without credentials: callers use it to find the leader before they have any.
     let mut local = CuratorLocalClient::new(t.channel(ClientCredentials::None));
     let mut s = local
@@ -55,7 +55,7 @@ async fn get_current_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_ca_certificate() {
-    let t = TestLeader::start("127.86.19").await;
+    let t = TestLeader::start().await;
     let mut local = CuratorLocalClient::new(t.channel(ClientCredentials::None));
     let resp = local
         .get_ca_certificate(GetCaCertificateRequest {})

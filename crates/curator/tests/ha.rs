@@ -28,6 +28,7 @@ use rpc::retry::DEFAULT_BACKOFF;
 use rpc::{ClientCredentials, ServerVerification};
 use supervisor::Supervisor;
 use tempfile::TempDir;
+use test_support::{LoopbackBlock, eventually};
 use tokio::sync::watch;
 
 /// Up to 100 attempts, without a deadline: the tests bound their waits themselves.
@@ -127,12 +128,10 @@ async fn write_member_record(
     .expect("write record");
 }
 
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_for(what: &str, f: impl AsyncFnMut() -> bool) {
+    eventually(TIMEOUT, f)
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
 }
 
 fn leader_of(nodes: &[ClusterNode]) -> Vec<usize> {
@@ -147,8 +146,10 @@ fn leader_of(nodes: &[ClusterNode]) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_followers_redirect_and_failover() {
     // Three etcd members.
-    let a = ClusterNode::start_consensus("127.84.2.1", SigningKey::generate().expect("key"), None)
-        .await;
+    let block = LoopbackBlock::allocate();
+    let a =
+        ClusterNode::start_consensus(&block.host(1), SigningKey::generate().expect("key"), None)
+            .await;
     let sa = a.consensus().await;
     let ns = sa.namespaced(&[curator::KEYSPACE]).expect("ns");
     let owner = SigningKey::generate().expect("key");
@@ -172,13 +173,13 @@ async fn one_leader_followers_redirect_and_failover() {
     .expect("bootstrap");
     // The bootstrap record has no address yet; give it one as status push would.
     let mut nodes = vec![a];
-    for ip in ["127.84.2.2", "127.84.2.3"] {
+    for ip in [block.host(2), block.host(3)] {
         let key = SigningKey::generate().expect("key");
         let join = sa
             .add_node(&key.public_key(), ip.parse().expect("ip"))
             .await
             .expect("add");
-        let node = ClusterNode::start_consensus(ip, key, Some(join.clone())).await;
+        let node = ClusterNode::start_consensus(&ip, key, Some(join.clone())).await;
         write_member_record(&ns, &node, &join).await;
         nodes.push(node);
     }

@@ -18,8 +18,7 @@ use proto::api::{EscrowFromClient, GetClusterInfoRequest};
 use proto::curator_api::GetCaCertificateRequest;
 use proto::curator_api::curator_local_client::CuratorLocalClient;
 use rpc::client_tls;
-use rpc::{ClientCredentials, ServerVerification};
-use tokio::time::Instant;
+use rpc::{Backoff, ClientCredentials, RetryPolicy, ServerVerification};
 use tonic::{Code, Status};
 
 use crate::error::{Error, Result};
@@ -48,32 +47,43 @@ enum Attempt {
 }
 
 /// Escrows the owner certificate from the curator at `endpoint` (`host:port`), retrying while
-/// it is not serving yet, for at most `timeout`.
+/// it is not serving yet, for at most `timeout`, with the project's one retry loop
+/// ([`rpc::retry::retry`]): a refusal to retry becomes a transient Unavailable, a definite refusal is
+/// kept aside and returned as is.
 pub async fn take_ownership(
     endpoint: &str,
     owner: &SigningKey,
     timeout: Duration,
 ) -> Result<Ownership> {
-    let deadline = Instant::now() + timeout;
-    let mut last;
-    loop {
-        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(endpoint, owner)).await;
-        match attempt {
-            Ok(Ok(ownership)) => return Ok(ownership),
-            Ok(Err(Attempt::Fatal(e))) => return Err(e),
-            Ok(Err(Attempt::Retry(why))) => last = why,
-            Err(_) => last = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+    let policy = RetryPolicy::default()
+        .with_backoff(Backoff::new(RETRY_PAUSE, RETRY_PAUSE))
+        .with_attempt_timeout(Some(ATTEMPT_TIMEOUT))
+        .with_deadline(Some(timeout));
+    let fatal = std::sync::Mutex::new(None);
+    let result = rpc::retry::retry(&policy, || async {
+        match attempt(endpoint, owner).await {
+            Ok(ownership) => Ok(ownership),
+            Err(Attempt::Retry(why)) => {
+                tracing::debug!("escrow at {endpoint} not possible yet: {why}");
+                Err(Status::unavailable(why))
+            }
+            Err(Attempt::Fatal(e)) => {
+                *fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(Status::failed_precondition("definite refusal"))
+            }
         }
-        if Instant::now() + RETRY_PAUSE >= deadline {
-            return Err(Error::Timeout {
+    })
+    .await;
+    result.map_err(
+        |last| match fatal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => e,
+            None => Error::Timeout {
                 what: format!("taking ownership (AAA.Escrow at {endpoint})"),
                 after: timeout,
-                last,
-            });
-        }
-        tracing::debug!("escrow at {endpoint} not possible yet: {last}");
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
+                last: last.message().to_string(),
+            },
+        },
+    )
 }
 
 fn classify(what: &str, status: Status) -> Attempt {
@@ -133,7 +143,8 @@ async fn attempt(endpoint: &str, owner: &SigningKey) -> Result<Ownership, Attemp
         .await
     {
         Ok(response) => response.into_inner().identity_ca_certificate,
-        // A curator without the [HEAD] RPC: ask GetClusterInfo with the new certificate.
+        // A curator without this RPC (later upstream Monogon, not in the 8456ddf0 baseline): ask
+        // GetClusterInfo with the new certificate.
         Err(status) if status.code() == Code::Unimplemented => {
             let creds = ClientCredentials::Authenticated {
                 certificate: owner_certificate.clone(),

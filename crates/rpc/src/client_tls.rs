@@ -3,7 +3,7 @@
 //!
 //! Servers are identified by their node certificate, not by DNS names: the verifier ignores the
 //! TLS server name and instead requires exactly one certificate that passes the node-certificate
-//! check against the expected cluster CA, optionally with a given node ID (spec 2.2). Beyond
+//! check against the expected cluster CA, optionally with a given node ID. Beyond
 //! upstream, a client holding the cluster CRL ([`ClusterCrl`]) also refuses a certificate it
 //! revokes: a deleted node's certificate no longer makes a curator.
 

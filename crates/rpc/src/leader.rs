@@ -1,5 +1,5 @@
 //! A client channel that follows the curator leader (upstream's `metropolis:///control`
-//! resolver, spec 4.2).
+//! resolver).
 //!
 //! Only the curator leader serves Management, AAA and Curator; followers serve nothing but
 //! `CuratorLocal`, whose `GetCurrentLeader` stream names the leader. A [`LeaderChannel`] owns a

@@ -6,7 +6,7 @@
 //! * [`peer`]: who is calling: a [`PeerInfo::Node`], a [`PeerInfo::User`] or
 //!   [`PeerInfo::Unauthenticated`] (with the self-signed key if one was presented).
 //! * [`authz`]: a tower layer enforcing the build-time method → permission table of
-//!   `proto::authz`, with exactly the gRPC codes of the spec, handing the [`PeerInfo`] to
+//!   `proto::authz`, with exactly upstream's gRPC codes, handing the [`PeerInfo`] to
 //!   handlers through the request extensions.
 //! * [`revocation`]: a shared set of revoked node IDs and certificate serials the layer consults
 //!   on every call, so a deleted node is refused on its very next call (upstream never refuses it).

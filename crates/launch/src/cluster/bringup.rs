@@ -1,4 +1,4 @@
-//! Bringing a cluster up as upstream's harness does (spec 10): bootstrap node 0, take
+//! Bringing a cluster up as upstream's harness does: bootstrap node 0, take
 //! ownership, register and approve the other nodes, and add consensus members one at a time.
 
 use super::*;

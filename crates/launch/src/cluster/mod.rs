@@ -1,6 +1,6 @@
 //! A whole local cluster: bootstrap, ownership, registration, approval, consensus roles, and
-//! the waits and faults end-to-end tests are made of (spec 10 describes upstream's harness,
-//! this follows it step by step).
+//! the waits and faults end-to-end tests are made of, following upstream's e2e harness step
+//! by step.
 //!
 //! * [`options`]: what a cluster is launched with;
 //! * [`paths`]: where it lives on disk and where the node binary is;

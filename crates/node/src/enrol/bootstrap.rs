@@ -1,4 +1,4 @@
-//! Bootstrap (spec 5.2): the first node of a new cluster.
+//! Bootstrap: the first node of a new cluster.
 //!
 //! [`plan`] checks the parameters and prepares keys: the cluster configuration (upstream's
 //! defaults if none is given), the node's TPM usage (there is no TPM, so a configuration with

@@ -1,4 +1,4 @@
-//! Join (spec 5.4): every boot of an enrolled node.
+//! Join: every boot of an enrolled node.
 //!
 //! The node reads its sealed configuration (NUK, join key, cluster CA, storage security),
 //! calls JoinNode with an ephemeral certificate of its join key against the curators of its

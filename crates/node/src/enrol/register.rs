@@ -1,4 +1,4 @@
-//! Register (spec 5.3): a new node joining an existing cluster with `cluster_register`
+//! Register: a new node joining an existing cluster with `cluster_register`
 //! parameters.
 //!
 //! The node checks the parameters, generates its node and join keys, makes sure the
@@ -146,7 +146,8 @@ async fn register_node(
         register_ticket: ticket.to_vec(),
         join_key: join_key.public_key().as_bytes().to_vec(),
         have_local_tpm: false,
-        // [HEAD] labels the node registers with; the cluster validates them.
+        // The labels the node registers with (a field of later upstream Monogon, not in the
+        // 8456ddf0 baseline); the cluster validates them.
         labels,
     };
     let result = leader

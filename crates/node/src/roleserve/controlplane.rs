@@ -233,7 +233,7 @@ async fn credentials_from_etcd(
     Ok(NodeCredentials::new(node_key.clone(), cert, ca_der)?)
 }
 
-/// Bootstrap (spec 5.2 step 7): add ourselves as the first member, write the initial cluster
+/// The last step of bootstrap: add ourselves as the first member, write the initial cluster
 /// state, hand the credentials to enrolment. Idempotent, so a restart of this worker
 /// half-way simply does it again.
 async fn bootstrap(

@@ -1,4 +1,4 @@
-//! Roleserve (spec 5.6): the reactive workers of an enrolled node, and the state they share.
+//! Roleserve: the reactive workers of an enrolled node, and the state they share.
 //!
 //! Enrolment and workers communicate through watched values in [`Roleserve`], upstream's
 //! event values: the bootstrap plan (first boot of the first node), the credentials the
@@ -12,6 +12,8 @@
 //! * `statuspush`: UpdateNodeStatus whenever the status changes,
 //! * `heartbeat`: Curator.Heartbeat every 5 s,
 //! * `nodemgmt`: the NodeManagement service on port 7839,
+//! * `revocations`: what the cluster revoked (Curator.WatchRevocations), for this node's
+//!   servers,
 //! * `clusterdirectory`: keeps `esp/metropolis/cluster_directory.pb` current,
 //! * `crl`: keeps the cluster CRL current and persisted.
 //!
@@ -25,6 +27,7 @@ pub mod crl;
 pub mod heartbeat;
 pub mod membership;
 pub mod nodemgmt;
+pub mod revocations;
 pub mod rolefetch;
 pub mod statuspush;
 pub mod trust;
@@ -58,10 +61,12 @@ pub struct NodeEnv {
     pub etcd_binary: PathBuf,
     /// Curator leader lease TTL.
     pub leader_ttl: Duration,
-    /// Revoked certificates, shared by all servers of this node (fed by the local curator).
+    /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
+    /// worker, and by the local curator where one runs).
     pub revocations: RevocationSet,
-    /// Identifies this run of the node ([HEAD] NodeStatus.boot_id): upstream reads the
-    /// kernel's boot ID; for a node process, every start is a boot.
+    /// Identifies this run of the node (NodeStatus.boot_id, a field of later upstream Monogon,
+    /// not in the 8456ddf0 baseline): upstream reads the kernel's boot ID; for a node process,
+    /// every start is a boot.
     pub boot_id: Vec<u8>,
 }
 
@@ -82,7 +87,7 @@ impl NodeEnv {
     }
 }
 
-/// Everything the first node needs to bootstrap the cluster (spec 5.2), prepared by
+/// Everything the first node needs to bootstrap the cluster, prepared by
 /// enrolment and consumed by the control plane.
 #[derive(Debug, Clone)]
 pub struct BootstrapPlan {
@@ -291,6 +296,7 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
     ctx.run("statuspush", statuspush::runnable(rs.clone()))?;
     ctx.run("heartbeat", heartbeat::runnable(rs.clone()))?;
     ctx.run("nodemgmt", nodemgmt::runnable(rs.clone()))?;
+    ctx.run("revocations", revocations::runnable(rs.clone()))?;
     ctx.run("clusterdirectory", clusterdir::runnable(rs.clone()))?;
     ctx.run("crl", crl::runnable(rs.clone()))?;
     ctx.signal_healthy();
