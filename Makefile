@@ -43,15 +43,19 @@ unit:
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace
 
-# A local multi-node cluster on 127.77.0.x; Ctrl-C stops it.
+# A local multi-node cluster on 127.77.0.x; Ctrl-C stops it. Only the production packages are
+# built: bench enables curator's test harness (feature `testing`), and one cargo invocation
+# unifies features, so building it alongside would compile the harness into the node.
 cluster: deps
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release -p node -p metroctl -p launch
 	target/release/launch-cluster --nodes $(NODES)
 
 # Benchmarks against raw etcd/PostgreSQL (release build, ~5 min); rewrites BENCHMARKS.md.
 # One scenario: `make bench BENCH=heartbeat`; smoke run: `make bench BENCH_ARGS=--quick`.
+# The node and bench are built by separate invocations so the node is built as released,
+# without the curator test harness bench enables (see `cluster`).
 bench: deps
-	$(CARGO) build --release -p node -p bench
+	$(CARGO) build --release -p node
 	$(CARGO) run --release -p bench -- $(BENCH) $(BENCH_ARGS)
 
 test: deps lint unit

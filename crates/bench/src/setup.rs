@@ -23,12 +23,12 @@ const NODES_PER_TXN: usize = 64;
 /// into one fsync, so this makes preparing thousands of nodes take seconds, not minutes.
 const ISSUE_CONCURRENCY: usize = 32;
 
-/// Starts a leader on `block` (`127.90.x`), with a timeout so a broken etcd fails the
+/// Starts a leader in a loopback block of its own, with a timeout so a broken etcd fails the
 /// scenario instead of hanging it.
-pub async fn leader(block: &str) -> Result<TestLeader> {
-    tokio::time::timeout(Duration::from_secs(120), TestLeader::start(block))
+pub async fn leader() -> Result<TestLeader> {
+    tokio::time::timeout(Duration::from_secs(120), TestLeader::start())
         .await
-        .with_context(|| format!("the test leader on {block}.1 did not start in 120 s"))
+        .context("the test leader did not start in 120 s")
 }
 
 /// The baseline's access to the curator keyspace: raw etcd-client calls on raw keys, guarded

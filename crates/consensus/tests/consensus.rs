@@ -2,7 +2,8 @@
 //! joining and being promoted, a three-member cluster surviving a member's loss, quorum-safe
 //! removal, logs in the logtree, and no orphaned etcd when the node process dies.
 //!
-//! Every test uses its own 127.81.N.0/24 block so tests run side by side on the fixed peer port.
+//! Every test holds a loopback block of its own, so tests run side by side on the fixed peer
+//! port.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use identity::SigningKey;
 use logtree::{Backlog, Dn, LogTree, ReadOptions};
 use supervisor::Supervisor;
 use tempfile::TempDir;
+use test_support::{LoopbackBlock, eventually};
 
 /// Generous: etcd start plus a promotion round (5 s autopromoter) on a loaded 2-core machine.
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -111,8 +113,9 @@ async fn voters(status: &Status) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_serves_logs_and_refuses_removing_the_last_voter() {
+    let block = LoopbackBlock::allocate();
     let node = TestNode::start(
-        "127.81.1.1",
+        &block.host(1),
         SigningKey::generate().expect("key"),
         None,
         None,
@@ -128,22 +131,25 @@ async fn bootstrap_serves_logs_and_refuses_removing_the_last_voter() {
         .expect("raw get");
     assert_eq!(raw.kvs().len(), 1);
     // The self-updater replaced the bootstrap's plain-HTTP peer URL.
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
+    eventually(TIMEOUT, async || {
         let list = status.client().member_list().await.expect("members");
-        if list.members()[0].peer_urls() == [status.peer_url.clone()] {
-            break;
+        let urls = list.members()[0].peer_urls().to_vec();
+        if urls == [status.peer_url.clone()] {
+            Ok(())
+        } else {
+            Err(format!("peer URLs {urls:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "peer URL never updated"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(status.peer_url.starts_with("https://127.81.1.1:"));
+    })
+    .await
+    .expect("the peer URL is updated");
+    assert!(
+        status
+            .peer_url
+            .starts_with(&format!("https://{}:", block.host(1)))
+    );
 
     let err = status
-        .remove_node(&status.name, None)
+        .remove_node(&status.name)
         .await
         .expect_err("last voter");
     assert!(matches!(err, Error::QuorumWouldBreak { .. }), "{err}");
@@ -165,8 +171,9 @@ async fn bootstrap_serves_logs_and_refuses_removing_the_last_voter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_from_disk_keeps_data_and_ca() {
+    let block = LoopbackBlock::allocate();
     let node = TestNode::start(
-        "127.81.2.1",
+        &block.host(1),
         SigningKey::generate().expect("key"),
         None,
         None,
@@ -184,7 +191,7 @@ async fn restart_from_disk_keeps_data_and_ca() {
     assert_eq!(key_mode & 0o777, 0o600);
     let (dir, key) = node.stop().await;
 
-    let node = TestNode::start("127.81.2.1", key, None, Some(dir)).await;
+    let node = TestNode::start(&block.host(1), key, None, Some(dir)).await;
     let status = node.running().await;
     let ns = status.namespaced(&["curator"]).expect("ns");
     let got = ns.get("/persist", None).await.expect("get");
@@ -200,8 +207,9 @@ async fn restart_from_disk_keeps_data_and_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learners_join_get_promoted_and_quorum_is_protected() {
+    let block = LoopbackBlock::allocate();
     let a = TestNode::start(
-        "127.81.3.1",
+        &block.host(1),
         SigningKey::generate().expect("key"),
         None,
         None,
@@ -211,7 +219,7 @@ async fn learners_join_get_promoted_and_quorum_is_protected() {
     put_get(&sa, "/before", "join").await;
 
     let mut nodes = Vec::new();
-    for ip in ["127.81.3.2", "127.81.3.3"] {
+    for ip in [block.host(2), block.host(3)] {
         let key = SigningKey::generate().expect("key");
         let address: IpAddr = ip.parse().expect("ip");
         let join = sa
@@ -226,7 +234,7 @@ async fn learners_join_get_promoted_and_quorum_is_protected() {
         assert_eq!(again.node_certificate, join.node_certificate);
         let list = sa.client().member_list().await.expect("members");
         assert_eq!(list.members().iter().filter(|m| m.is_learner()).count(), 1);
-        let node = TestNode::start(ip, key, Some(join), None).await;
+        let node = TestNode::start(&ip, key, Some(join), None).await;
         let status = node.running().await;
         // A joined member reads what was written before it joined.
         let ns = status.namespaced(&["curator"]).expect("ns");
@@ -237,6 +245,42 @@ async fn learners_join_get_promoted_and_quorum_is_protected() {
         nodes.push(node);
     }
     assert_eq!(voters(&sa).await, 3);
+
+    // Members are found by node ID only. A node reporting a voter's address is not taken
+    // for that voter: adding it is refused, and nothing is added.
+    let liar = SigningKey::generate().expect("key");
+    let err = sa
+        .add_node(&liar.public_key(), "127.81.3.2".parse().expect("ip"))
+        .await
+        .expect_err("a voter's address");
+    assert!(matches!(err, Error::PeerUrlInUse { .. }), "{err}");
+    assert!(
+        !sa.remove_node(&identity::node_id(&liar.public_key()))
+            .await
+            .expect("no member")
+    );
+    assert_eq!(voters(&sa).await, 3);
+    // A learner that never started has no name; it is still found by its node ID.
+    let unstarted = SigningKey::generate().expect("key");
+    sa.add_node(&unstarted.public_key(), "127.81.3.9".parse().expect("ip"))
+        .await
+        .expect("add learner");
+    let members = || async {
+        sa.client()
+            .member_list()
+            .await
+            .expect("members")
+            .members()
+            .len()
+    };
+    assert_eq!(members().await, 4);
+    assert!(
+        sa.remove_node(&identity::node_id(&unstarted.public_key()))
+            .await
+            .expect("remove the unstarted learner")
+    );
+    assert_eq!(members().await, 3);
+
     let b = nodes.remove(0);
     let c = nodes.remove(0);
     let sb = b.running().await;
@@ -248,12 +292,12 @@ async fn learners_join_get_promoted_and_quorum_is_protected() {
     assert_eq!(put_get(&sb, "/after2", "loss").await, "loss");
 
     // Removing B now would leave A alone with a dead C: refused.
-    let err = sa.remove_node(&sb.name, None).await.expect_err("quorum");
+    let err = sa.remove_node(&sb.name).await.expect_err("quorum");
     assert!(matches!(err, Error::QuorumWouldBreak { .. }), "{err}");
     assert_eq!(voters(&sa).await, 3);
     // Removing the dead C is fine, and idempotent.
-    assert!(sa.remove_node(&c_id, None).await.expect("remove C"));
-    assert!(!sa.remove_node(&c_id, None).await.expect("remove C again"));
+    assert!(sa.remove_node(&c_id).await.expect("remove C"));
+    assert!(!sa.remove_node(&c_id).await.expect("remove C again"));
     assert_eq!(voters(&sa).await, 2);
     assert_eq!(put_get(&sb, "/after3", "removal").await, "removal");
 

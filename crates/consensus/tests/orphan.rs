@@ -10,6 +10,8 @@ use logtree::LogTree;
 use supervisor::Supervisor;
 
 const HOLD_ENV: &str = "CONSENSUS_TEST_HOLD_MEMBER";
+/// The member's address, in a loopback block the test holds for the helper.
+const ADDRESS_ENV: &str = "CONSENSUS_TEST_MEMBER_ADDRESS";
 
 /// The "node": runs a member, reports the etcd pid, then waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,7 +26,10 @@ async fn helper_hold_member() {
         dir.join("data"),
         dir.join("eph"),
         key,
-        "127.81.9.1".parse().expect("ip"),
+        std::env::var(ADDRESS_ENV)
+            .expect("address from the test")
+            .parse()
+            .expect("ip"),
     );
     let service = Service::new(config);
     let runnable = service.runnable();
@@ -39,9 +44,11 @@ async fn helper_hold_member() {
 #[test]
 fn node_killed_leaves_no_etcd() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let block = test_support::LoopbackBlock::allocate();
     let mut node = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "helper_hold_member", "--ignored", "--nocapture"])
         .env(HOLD_ENV, dir.path())
+        .env(ADDRESS_ENV, block.host(1))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn node");
@@ -57,6 +64,9 @@ fn node_killed_leaves_no_etcd() {
     node.kill().expect("SIGKILL the node");
     node.wait().expect("reap node");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(kv::testing::wait_until_dead(pid, Duration::from_secs(10)))
-        .expect("etcd must die with the node");
+    rt.block_on(test_support::process::wait_until_dead(
+        pid,
+        Duration::from_secs(10),
+    ))
+    .expect("etcd must die with the node");
 }

@@ -1,4 +1,4 @@
-//! Bootstrap finish (spec 4.10): what the first node writes into its fresh etcd before any
+//! Bootstrap finish: what the first node writes into its fresh etcd before any
 //! curator runs: the cluster CA, its own node certificate, and in one transaction — only if
 //! none of them exists — its node record (UP, ConsensusMember + KubernetesController), its
 //! join-key index entry, the initial owner and the cluster configuration. A re-run after a

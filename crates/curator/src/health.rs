@@ -1,4 +1,4 @@
-//! Node health from heartbeats kept in the leader's memory (spec 4.7), with an injectable
+//! Node health from heartbeats kept in the leader's memory, with an injectable
 //! clock so tests can move time.
 //!
 //! Heartbeat timestamps are volatile: a new leader starts with none and gives every node a

@@ -1,4 +1,4 @@
-//! curator: the Metropolis cluster's control-plane brain (spec 4).
+//! curator: the Metropolis cluster's control-plane brain.
 //!
 //! A curator runs next to every etcd member. They elect one leader over etcd
 //! ([`election`]); the leader serves the cluster API — Management, Curator, AAA and
@@ -19,6 +19,7 @@ pub mod listener;
 pub mod revocation;
 pub mod service;
 pub mod state;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use election::{DEFAULT_LEADER_TTL, ElectionStatus, Leadership};

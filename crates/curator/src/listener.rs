@@ -1,4 +1,4 @@
-//! The curator's gRPC listener on port 7835 (spec 4.2): the leader serves Curator,
+//! The curator's gRPC listener on port 7835: the leader serves Curator,
 //! CuratorLocal, AAA and Management; a follower serves CuratorLocal and answers everything else
 //! with Unavailable naming the leader. The socket stays bound; the server behind it is rebuilt
 //! whenever the election status changes, and the old one's connections are severed so clients
@@ -84,6 +84,7 @@ pub async fn serve(
                     node_id: config.credentials.node_id(),
                     ca: config.credentials.ca().to_vec(),
                     leader: known.clone(),
+                    ns: ns.clone(),
                 };
                 let router = rpc::serve::server_builder(security.clone())
                     .layer(FollowerGate::new(known))

@@ -1,8 +1,10 @@
-//! Test harness shared by the curator's tests (and later the node's): a real single-member
-//! etcd run by the consensus service, a bootstrapped cluster in it, a real leader elected
-//! through [`crate::election`], and its services on a real TLS socket.
+//! Test harness of the curator's tests (and `bench`): a real single-member etcd run by the
+//! consensus service, a bootstrapped cluster in it, a real leader elected through
+//! [`crate::election`], and its services on a real TLS socket. Built only with the `testing`
+//! feature, which production builds never enable.
 //!
-//! Each test passes its own `127.a.b` block so tests run side by side on fixed etcd ports.
+//! Each leader takes a loopback block of its own ([`LoopbackBlock`]), so leaders run side by
+//! side on the fixed etcd peer port.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use proto::common::{ClusterConfiguration, NodeTpmUsage};
 use rpc::{ClientCredentials, RevocationSet, ServerSecurity, ServerVerification};
 use supervisor::Supervisor;
 use tempfile::TempDir;
+use test_support::LoopbackBlock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -58,25 +61,29 @@ pub struct TestLeader {
     pub revocations: RevocationSet,
     /// The local etcd member.
     pub consensus: consensus::Status,
-    /// The node's IP.
+    /// The node's IP, host 1 of [`Self::block`].
     pub address: IpAddr,
+    /// The election status of the leader's curator (it must stay Leader under load).
+    pub election: watch::Receiver<ElectionStatus>,
     cancel: CancellationToken,
     supervisor: Supervisor,
     _dir: TempDir,
+    /// The loopback block the leader lives in; its other hosts are free for the test.
+    /// Declared last: released only after etcd and the server are gone.
+    pub block: LoopbackBlock,
 }
 
 impl TestLeader {
-    /// Starts a leader with [`permissive_configuration`] at `<block>.1`.
-    pub async fn start(block: &str) -> TestLeader {
-        Self::start_with(block, permissive_configuration()).await
+    /// Starts a leader with [`permissive_configuration`] in a block of its own.
+    pub async fn start() -> TestLeader {
+        Self::start_with(permissive_configuration()).await
     }
 
-    /// Starts a leader with the given cluster configuration at `<block>.1`.
-    pub async fn start_with(block: &str, configuration: ClusterConfiguration) -> TestLeader {
+    /// Starts a leader with the given cluster configuration in a block of its own.
+    pub async fn start_with(configuration: ClusterConfiguration) -> TestLeader {
         let dir = tempfile::tempdir().expect("tempdir");
-        let address: IpAddr = format!("{block}.1")
-            .parse()
-            .expect("test block must be like 127.82.1");
+        let block = LoopbackBlock::allocate();
+        let address = IpAddr::V4(block.addr(1));
         let node_key = SigningKey::generate().expect("key");
         let join_key = SigningKey::generate().expect("key");
         let owner_key = SigningKey::generate().expect("key");
@@ -112,13 +119,15 @@ impl TestLeader {
 
         let cancel = CancellationToken::new();
         let (tx, mut rx) = watch::channel(ElectionStatus::Unknown);
-        tokio::spawn(election::run(
+        election::spawn(
+            consensus.clone(),
             ns,
             credentials.node_id(),
             election::DEFAULT_LEADER_TTL,
             tx,
             cancel.clone(),
-        ));
+        )
+        .expect("election thread");
         let leadership = tokio::time::timeout(START_TIMEOUT, async {
             loop {
                 if let ElectionStatus::Leader(l) = rx.borrow_and_update().clone() {
@@ -163,6 +172,8 @@ impl TestLeader {
             revocations,
             consensus,
             address,
+            election: rx,
+            block,
             cancel,
             supervisor,
             _dir: dir,
@@ -174,6 +185,7 @@ impl TestLeader {
         let verification = ServerVerification::Cluster {
             ca: self.ca.clone(),
             node_id: Some(self.credentials.node_id()),
+            crl: None,
         };
         let config = rpc::client_tls::client_config(&creds, verification).expect("client config");
         rpc::client_tls::connect_lazy(&self.addr, config).expect("endpoint")

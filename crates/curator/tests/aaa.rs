@@ -1,5 +1,5 @@
 //! AAA.Escrow (taking ownership): the owner certificate is issued once and returned again,
-//! and every refusal of spec 4.9 with its code.
+//! and every refusal of Escrow with its code.
 
 mod curator_support;
 
@@ -71,7 +71,7 @@ async fn take_ownership(t: &TestLeader, key: &SigningKey) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escrow_issues_the_owner_certificate() {
-    let t = TestLeader::start("127.86.20").await;
+    let t = TestLeader::start().await;
     let cert = take_ownership(&t, &t.owner_key).await;
     assert_eq!(
         identity::verify::verify_user_cert(&cert, &t.ca).expect("a user certificate"),
@@ -98,7 +98,7 @@ async fn escrow_issues_the_owner_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escrow_refusals() {
-    let t = TestLeader::start("127.86.21").await;
+    let t = TestLeader::start().await;
     let owner = t.owner_key.public_key();
     let eph = || t.ephemeral(&t.owner_key);
 

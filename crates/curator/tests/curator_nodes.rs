@@ -30,7 +30,7 @@ fn status_request(id: &str, address: &str) -> UpdateNodeStatusRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_node_status() {
-    let t = TestLeader::start("127.86.11").await;
+    let t = TestLeader::start().await;
     let (k, _) = add_node(&t, NodeState::Up, &[1; 32]).await;
     let id = id_of(&k);
     let mut cur = curator(t.node(&k).await);
@@ -142,7 +142,7 @@ async fn health(t: &TestLeader, id: &str) -> Health {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat() {
-    let t = TestLeader::start("127.86.12").await;
+    let t = TestLeader::start().await;
     let (k, _) = add_node(&t, NodeState::Up, &[1; 32]).await;
     let id = id_of(&k);
     // Fresh leader, no heartbeat yet: grace period.
@@ -216,7 +216,7 @@ fn worker_request(kubelet: &[u8], csi: &[u8], netservices: &[u8]) -> IssueCertif
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_kubernetes_worker_certificate() {
-    let t = TestLeader::start("127.86.14").await;
+    let t = TestLeader::start().await;
     let (k, _) = add_node(&t, NodeState::Up, &[1; 32]).await;
     let id = id_of(&k);
     let mut cur = curator(t.node(&k).await);
@@ -322,7 +322,7 @@ fn clusternet(key: &str, prefixes: &[&str]) -> UpdateNodeClusterNetworkingReques
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_node_cluster_networking() {
-    let t = TestLeader::start("127.86.15").await;
+    let t = TestLeader::start().await;
     let (a, _) = add_node(&t, NodeState::Up, &[1; 32]).await;
     let (b, _) = add_node(&t, NodeState::Up, &[1; 32]).await;
     let (mut ca, mut cb) = (curator(t.node(&a).await), curator(t.node(&b).await));
@@ -431,7 +431,7 @@ fn report(stage: Stage) -> ReportDecommissionRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_decommission() {
-    let t = TestLeader::start("127.86.16").await;
+    let t = TestLeader::start().await;
     let (k, _) = add_node(&t, NodeState::Up, &[1; 32]).await;
     let id = id_of(&k);
     let mut cur = curator(t.node(&k).await);
@@ -510,7 +510,7 @@ async fn report_decommission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_consensus_status() {
-    let t = TestLeader::start("127.86.17").await;
+    let t = TestLeader::start().await;
     let resp = curator(t.owner().await)
         .get_consensus_status(GetConsensusStatusRequest {})
         .await

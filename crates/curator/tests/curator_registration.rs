@@ -102,7 +102,7 @@ fn config(tpm: TpmMode, storage: StorageSecurityPolicy) -> ClusterConfiguration 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration() {
-    let t = TestLeader::start("127.86.4").await;
+    let t = TestLeader::start().await;
     let ticket = register_ticket(&t).await;
     assert_eq!(register_ticket(&t).await, ticket, "the ticket is stable");
     assert_eq!(ticket.len(), 34);
@@ -223,7 +223,7 @@ async fn registration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_refusals() {
-    let t = TestLeader::start("127.86.5").await;
+    let t = TestLeader::start().await;
     let ticket = register_ticket(&t).await;
     let (node_key, join_key) = (key(), key());
 
@@ -340,7 +340,7 @@ async fn registration_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_flow() {
-    let t = TestLeader::start("127.86.6").await;
+    let t = TestLeader::start().await;
     // Upstream TestJoin: an UP node written into etcd gets its CUK back with its join key.
     let cuk = b"fakefakefakefakefakefakefakefake".to_vec();
     let (_, join_key) = add_node(&t, NodeState::Up, &cuk).await;
@@ -404,8 +404,8 @@ async fn join_flow() {
 
 /// Upstream TestClusterTPMModeSetting, one cluster per mode: which nodes may register, the
 /// TPM usage they get, and which seal state JoinNode accepts afterwards.
-async fn tpm_mode(block: &str, mode: TpmMode, cases: &[(bool, Option<NodeTpmUsage>)]) {
-    let t = TestLeader::start_with(block, config(mode, StorageSecurityPolicy::Permissive)).await;
+async fn tpm_mode(mode: TpmMode, cases: &[(bool, Option<NodeTpmUsage>)]) {
+    let t = TestLeader::start_with(config(mode, StorageSecurityPolicy::Permissive)).await;
     let ticket = register_ticket(&t).await;
     for &(have_tpm, expected) in cases {
         let (node_key, join_key) = (key(), key());
@@ -456,7 +456,6 @@ async fn tpm_mode(block: &str, mode: TpmMode, cases: &[(bool, Option<NodeTpmUsag
 async fn tpm_mode_required() {
     use NodeTpmUsage as U;
     tpm_mode(
-        "127.86.7",
         TpmMode::Required,
         &[(false, None), (true, Some(U::NodeTpmPresentAndUsed))],
     )
@@ -467,7 +466,6 @@ async fn tpm_mode_required() {
 async fn tpm_mode_best_effort() {
     use NodeTpmUsage as U;
     tpm_mode(
-        "127.86.8",
         TpmMode::BestEffort,
         &[
             (false, Some(U::NodeTpmNotPresent)),
@@ -481,7 +479,6 @@ async fn tpm_mode_best_effort() {
 async fn tpm_mode_disabled() {
     use NodeTpmUsage as U;
     tpm_mode(
-        "127.86.9",
         TpmMode::Disabled,
         &[
             (false, Some(U::NodeTpmNotPresent)),
@@ -493,10 +490,10 @@ async fn tpm_mode_disabled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_storage_policy() {
-    let t = TestLeader::start_with(
-        "127.86.10",
-        config(TpmMode::Disabled, StorageSecurityPolicy::NeedsEncryption),
-    )
+    let t = TestLeader::start_with(config(
+        TpmMode::Disabled,
+        StorageSecurityPolicy::NeedsEncryption,
+    ))
     .await;
     let ticket = register_ticket(&t).await;
     let (node_key, join_key) = (key(), key());
@@ -542,7 +539,7 @@ async fn registration_labels_follow_the_label_rules() {
     use proto::common::NodeLabels;
     use proto::common::node_labels::Pair;
 
-    let t = TestLeader::start("127.86.22").await;
+    let t = TestLeader::start().await;
     let pair = |k: &str, v: &str| Pair {
         key: k.to_string(),
         value: v.to_string(),

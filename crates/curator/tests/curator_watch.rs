@@ -52,7 +52,7 @@ async fn next_about(s: &mut tonic::Streaming<WatchEvent>, id: &str) -> WatchEven
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_node_in_cluster() {
-    let t = TestLeader::start("127.86.1").await;
+    let t = TestLeader::start().await;
     let mut cur = curator(t.owner().await);
 
     // The bootstrap node: its current value, with the full ConsensusMember data.
@@ -133,7 +133,7 @@ async fn watch_node_in_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_nodes_in_cluster() {
-    let t = TestLeader::start("127.86.2").await;
+    let t = TestLeader::start().await;
     let mut cur = curator(t.owner().await);
 
     // Backlog: only the bootstrap node, then LAST_BACKLOGGED.
@@ -205,7 +205,7 @@ async fn watch_nodes_in_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_request_errors() {
-    let t = TestLeader::start("127.86.3").await;
+    let t = TestLeader::start().await;
     let mut cur = curator(t.owner().await);
     assert_eq!(
         code(cur.watch(WatchRequest { kind: None }).await),

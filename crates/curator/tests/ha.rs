@@ -28,6 +28,7 @@ use rpc::retry::DEFAULT_BACKOFF;
 use rpc::{ClientCredentials, ServerVerification};
 use supervisor::Supervisor;
 use tempfile::TempDir;
+use test_support::{LoopbackBlock, eventually};
 use tokio::sync::watch;
 
 /// Up to 100 attempts, without a deadline: the tests bound their waits themselves.
@@ -127,12 +128,10 @@ async fn write_member_record(
     .expect("write record");
 }
 
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_for(what: &str, f: impl AsyncFnMut() -> bool) {
+    eventually(TIMEOUT, f)
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
 }
 
 fn leader_of(nodes: &[ClusterNode]) -> Vec<usize> {
@@ -147,8 +146,10 @@ fn leader_of(nodes: &[ClusterNode]) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_followers_redirect_and_failover() {
     // Three etcd members.
-    let a = ClusterNode::start_consensus("127.84.2.1", SigningKey::generate().expect("key"), None)
-        .await;
+    let block = LoopbackBlock::allocate();
+    let a =
+        ClusterNode::start_consensus(&block.host(1), SigningKey::generate().expect("key"), None)
+            .await;
     let sa = a.consensus().await;
     let ns = sa.namespaced(&[curator::KEYSPACE]).expect("ns");
     let owner = SigningKey::generate().expect("key");
@@ -172,13 +173,13 @@ async fn one_leader_followers_redirect_and_failover() {
     .expect("bootstrap");
     // The bootstrap record has no address yet; give it one as status push would.
     let mut nodes = vec![a];
-    for ip in ["127.84.2.2", "127.84.2.3"] {
+    for ip in [block.host(2), block.host(3)] {
         let key = SigningKey::generate().expect("key");
         let join = sa
             .add_node(&key.public_key(), ip.parse().expect("ip"))
             .await
             .expect("add");
-        let node = ClusterNode::start_consensus(ip, key, Some(join.clone())).await;
+        let node = ClusterNode::start_consensus(&ip, key, Some(join.clone())).await;
         write_member_record(&ns, &node, &join).await;
         nodes.push(node);
     }
@@ -225,6 +226,7 @@ async fn one_leader_followers_redirect_and_failover() {
         ServerVerification::Cluster {
             ca: ca.clone(),
             node_id: None,
+            crl: None,
         },
     )
     .expect("config");
@@ -371,6 +373,7 @@ async fn one_leader_followers_redirect_and_failover() {
 
     // Deleting X revokes its certificate on every curator: before, a follower answers X with
     // "not the leader"; after, every curator refuses X itself.
+    let x_certificate = committed.node_certificate.clone();
     let x_creds = ClientCredentials::Authenticated {
         certificate: committed.node_certificate,
         key: x.clone(),
@@ -407,6 +410,12 @@ async fn one_leader_followers_redirect_and_failover() {
             watch_code(endpoint.clone(), &x_creds, &ca, &x_id).await == tonic::Code::Unauthenticated
         })
         .await;
+        // And every curator, leader or follower, hands out a CRL of the cluster CA that
+        // revokes it, so clients refuse X as a curator too.
+        let crl = cluster_crl(endpoint, &ca).await;
+        let held = rpc::ClusterCrl::new(ca.clone());
+        held.update(&crl).expect("a CRL of the cluster CA");
+        assert!(held.is_revoked(&x_certificate), "the CRL revokes X");
     }
 
     for n in nodes {
@@ -427,6 +436,24 @@ fn kill(pid: u32) {
     assert!(status.success());
 }
 
+/// CuratorLocal.GetClusterCRL at one curator, asked without credentials.
+async fn cluster_crl(endpoint: String, ca: &[u8]) -> Vec<u8> {
+    let verification = ServerVerification::Cluster {
+        ca: ca.to_vec(),
+        node_id: None,
+        crl: None,
+    };
+    let config =
+        rpc::client_tls::client_config(&ClientCredentials::None, verification).expect("config");
+    let channel = rpc::client_tls::connect_lazy(&endpoint, config).expect("endpoint");
+    proto::curator_api::curator_local_client::CuratorLocalClient::new(channel)
+        .get_cluster_crl(proto::curator_api::GetClusterCrlRequest {})
+        .await
+        .expect("GetClusterCRL")
+        .into_inner()
+        .crl
+}
+
 /// The code a Watch of `node_id` gets at one curator with these credentials.
 async fn watch_code(
     endpoint: String,
@@ -437,6 +464,7 @@ async fn watch_code(
     let verification = ServerVerification::Cluster {
         ca: ca.to_vec(),
         node_id: None,
+        crl: None,
     };
     let config = rpc::client_tls::client_config(creds, verification).expect("config");
     let channel = rpc::client_tls::connect_lazy(&endpoint, config).expect("endpoint");

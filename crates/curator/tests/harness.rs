@@ -7,7 +7,7 @@ use proto::common::NodeState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_writes_the_first_node_and_elects_it() {
-    let t = TestLeader::start("127.84.1").await;
+    let t = TestLeader::start().await;
     let me = node::load(&t.leader.leadership, &t.node_id())
         .await
         .expect("own record");

@@ -1,6 +1,6 @@
-//! Management service (spec 4.8) against a real leader: real etcd, real TLS, the owner's
+//! Management service against a real leader: real etcd, real TLS, the owner's
 //! certificate. Node records are written directly into etcd for setup; node certificates come
-//! from the cluster PKI. Each test runs its own cluster in its own 127.85.x block.
+//! from the cluster PKI. Each test runs its own cluster in a loopback block of its own.
 
 use std::time::Duration;
 
@@ -152,7 +152,7 @@ async fn etcd_members(t: &TestLeader) -> Vec<(String, Vec<String>, bool)> {
 /// Upstream TestManagementClusterInfo, plus the directory's order and size limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_cluster_info() {
-    let t = TestLeader::start("127.85.1").await;
+    let t = TestLeader::start().await;
     let mut c = owner(&t).await;
 
     let info = c
@@ -173,19 +173,25 @@ async fn management_cluster_info() {
     // After the node reports its status, the directory has its address.
     let mut me = load(&t, &t.node_id()).await;
     me.node.status = Some(NodeStatus {
-        external_address: "127.85.1.1".to_string(),
+        external_address: t.block.host(1),
         ..Default::default()
     });
     node::update(&t.leader.leadership, &me)
         .await
         .expect("update");
     // Nodes that are not UP are not in the directory.
-    add_node(&t, NodeState::New, NodeRoles::default(), Some("127.85.1.9")).await;
+    add_node(
+        &t,
+        NodeState::New,
+        NodeRoles::default(),
+        Some(&t.block.host(9)),
+    )
+    .await;
     add_node(
         &t,
         NodeState::DecommissionRequested,
         NodeRoles::default(),
-        Some("127.85.1.8"),
+        Some(&t.block.host(8)),
     )
     .await;
     let dir = c
@@ -203,7 +209,7 @@ async fn management_cluster_info() {
             .iter()
             .map(|a| a.host.as_str())
             .collect::<Vec<_>>(),
-        ["127.85.1.1"]
+        [t.block.host(1).as_str()]
     );
 
     // At most 15 UP nodes, sorted by public key.
@@ -235,10 +241,10 @@ async fn management_cluster_info() {
     t.stop().await;
 }
 
-/// Upstream TestGetNodes: the filter expressions of spec 4.8, health, role markers.
+/// Upstream TestGetNodes: upstream's filter expressions, health, role markers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_nodes() {
-    let t = TestLeader::start("127.85.2").await;
+    let t = TestLeader::start().await;
     let mut c = owner(&t).await;
     let me = t.node_id();
     let (_, up) = add_node(&t, NodeState::Up, worker(), Some("10.1.0.3")).await;
@@ -348,7 +354,7 @@ async fn get_nodes() {
 /// Upstream: the ticket is stable; ours: rotation replaces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_ticket_is_stable_and_rotates() {
-    let t = TestLeader::start("127.85.3").await;
+    let t = TestLeader::start().await;
     let mut c = owner(&t).await;
     let first = c
         .get_register_ticket(api::GetRegisterTicketRequest {})
@@ -389,7 +395,7 @@ async fn register_ticket_is_stable_and_rotates() {
 /// NEW → STANDBY, idempotent; error codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_node() {
-    let t = TestLeader::start("127.85.4").await;
+    let t = TestLeader::start().await;
     let mut c = owner(&t).await;
     let (key, new) = add_node(&t, NodeState::New, NodeRoles::default(), None).await;
     let approve = |k: Vec<u8>| api::ApproveNodeRequest { pubkey: k };
@@ -437,9 +443,15 @@ async fn approve_node() {
 /// Upstream TestUpdateNodeRoles, with real etcd membership changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_node_roles() {
-    let t = TestLeader::start("127.85.5").await;
+    let t = TestLeader::start().await;
     let mut c = owner(&t).await;
-    let (key, a) = add_node(&t, NodeState::Up, NodeRoles::default(), Some("127.85.5.2")).await;
+    let (key, a) = add_node(
+        &t,
+        NodeState::Up,
+        NodeRoles::default(),
+        Some(&t.block.host(2)),
+    )
+    .await;
 
     // Worker: free to set and drop, by pubkey or ID.
     c.update_node_roles(api::UpdateNodeRolesRequest {
@@ -490,7 +502,7 @@ async fn update_node_roles() {
     assert!(
         members
             .iter()
-            .any(|(_, urls, learner)| *learner && urls.iter().any(|u| u.contains("127.85.5.2")))
+            .any(|(_, urls, learner)| *learner && urls.iter().any(|u| u.contains(&t.block.host(2))))
     );
 
     // Consensus cannot go while the node is a controller, not even in the same request.
@@ -535,7 +547,7 @@ async fn update_node_roles() {
         &t,
         NodeState::DecommissionRequested,
         NodeRoles::default(),
-        Some("127.85.5.3"),
+        Some(&t.block.host(3)),
     )
     .await;
     assert_eq!(
@@ -598,11 +610,16 @@ async fn update_node_roles() {
 /// Upstream TestDeleteNode, plus what we do beyond it: revocation and etcd member removal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_node() {
-    let t = TestLeader::start("127.85.6").await;
+    let t = TestLeader::start().await;
     let mut c = owner(&t).await;
-    let (plain_key, plain) =
-        add_node(&t, NodeState::Up, NodeRoles::default(), Some("127.85.6.2")).await;
-    let (_, with_roles) = add_node(&t, NodeState::Up, worker(), Some("127.85.6.3")).await;
+    let (plain_key, plain) = add_node(
+        &t,
+        NodeState::Up,
+        NodeRoles::default(),
+        Some(&t.block.host(2)),
+    )
+    .await;
+    let (_, with_roles) = add_node(&t, NodeState::Up, worker(), Some(&t.block.host(3))).await;
 
     // UP nodes must be decommissioned first.
     assert_eq!(
@@ -650,8 +667,8 @@ async fn delete_node() {
         Code::NotFound
     );
 
-    // Its certificate is in the cluster CRL; once the servers know (the listener feeds the
-    // revocation set from the CRL; done by hand here), the node is refused.
+    // Its certificate is in the cluster CRL (curators follow it; applied by hand here), and
+    // the leader refuses the node ID at once.
     let crl = pki::Certificate::cluster_ca()
         .crl(t.leader.ns())
         .await
@@ -669,7 +686,8 @@ async fn delete_node() {
         1,
         "exactly the deleted node's certificate is revoked"
     );
-    t.revocations.replace(Vec::new(), serials);
+    t.revocations.revoke_serials(serials);
+    assert!(t.revocations.is_node_revoked(&plain.id));
     let r = as_node
         .get_cluster_info(api::GetClusterInfoRequest {})
         .await;
@@ -695,7 +713,13 @@ async fn delete_node() {
         .expect("delete STANDBY");
 
     // A ConsensusMember deleted with the bypasses loses its etcd member too.
-    let (_, member) = add_node(&t, NodeState::Up, NodeRoles::default(), Some("127.85.6.4")).await;
+    let (_, member) = add_node(
+        &t,
+        NodeState::Up,
+        NodeRoles::default(),
+        Some(&t.block.host(4)),
+    )
+    .await;
     c.update_node_roles(roles_req(&member.id, None, Some(true), None))
         .await
         .expect("consensus");
@@ -725,10 +749,16 @@ async fn delete_node() {
 /// Ours: DecommissionNode and how it gates DeleteNode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommission_node() {
-    let t = TestLeader::start("127.85.7").await;
+    let t = TestLeader::start().await;
     let mut c = owner(&t).await;
-    let (_, up) = add_node(&t, NodeState::Up, NodeRoles::default(), Some("127.85.7.2")).await;
-    let (_, busy) = add_node(&t, NodeState::Up, worker(), Some("127.85.7.3")).await;
+    let (_, up) = add_node(
+        &t,
+        NodeState::Up,
+        NodeRoles::default(),
+        Some(&t.block.host(2)),
+    )
+    .await;
+    let (_, busy) = add_node(&t, NodeState::Up, worker(), Some(&t.block.host(3))).await;
     let (_, new) = add_node(&t, NodeState::New, NodeRoles::default(), None).await;
 
     c.decommission_node(decommission_req(&up.id))
@@ -805,10 +835,10 @@ async fn decommission_node() {
     t.stop().await;
 }
 
-/// [HEAD] UpdateNodeLabels.
+/// UpdateNodeLabels (later upstream Monogon, not in the 8456ddf0 baseline).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_node_labels() {
-    let t = TestLeader::start("127.85.9").await;
+    let t = TestLeader::start().await;
     let mut c = owner(&t).await;
     let (_, n) = add_node(&t, NodeState::New, NodeRoles::default(), None).await;
     let pair = |k: &str, v: &str| Pair {
@@ -874,8 +904,14 @@ async fn update_node_labels() {
 /// self-signed certificate authenticates nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization() {
-    let t = TestLeader::start("127.85.8").await;
-    let (key, n) = add_node(&t, NodeState::Up, NodeRoles::default(), Some("127.85.8.2")).await;
+    let t = TestLeader::start().await;
+    let (key, n) = add_node(
+        &t,
+        NodeState::Up,
+        NodeRoles::default(),
+        Some(&t.block.host(2)),
+    )
+    .await;
     let mut as_node = ManagementClient::new(t.node(&key).await);
     let mut owner = owner(&t).await;
     let mut ephemeral = ManagementClient::new(t.ephemeral(&key));
@@ -934,7 +970,7 @@ async fn authorization() {
         code(as_node.update_node_labels(labels.clone()).await),
         denied
     );
-    // Reading is what nodes may do (spec 3: READ_CLUSTER_STATUS).
+    // Reading is what nodes may do: their certificates carry READ_CLUSTER_STATUS.
     as_node
         .get_cluster_info(api::GetClusterInfoRequest {})
         .await

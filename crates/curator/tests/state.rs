@@ -1,7 +1,7 @@
 //! The state layer against a real etcd: node records only change state along the lifecycle
 //! table, creation checks the record and its join-key entry in the same transaction as the
-//! write, corrupt records and lost leadership are reported as such (and become the codes the
-//! spec gives at the service edge).
+//! write, corrupt records and lost leadership are reported as such (and become upstream's codes
+//! at the service edge).
 
 mod curator_support;
 
@@ -31,7 +31,7 @@ fn new_record() -> (SigningKey, NodeRecord) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creation_checks_the_table_the_record_and_the_join_key() {
-    let t = TestLeader::start("127.85.10").await;
+    let t = TestLeader::start().await;
     let l = &t.leader.leadership;
 
     // Only the table's initial states: a node is never created approved.
@@ -101,7 +101,7 @@ async fn creation_checks_the_table_the_record_and_the_join_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn states_change_only_along_the_table() {
-    let t = TestLeader::start("127.85.11").await;
+    let t = TestLeader::start().await;
     let l = &t.leader.leadership;
     let (_, mut r) = new_record();
     node::create(l, &mut r, NodeState::New)
@@ -175,7 +175,7 @@ async fn states_change_only_along_the_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_keys_move_atomically() {
-    let t = TestLeader::start("127.85.12").await;
+    let t = TestLeader::start().await;
     let l = &t.leader.leadership;
     let (_, mut a) = new_record();
     node::create(l, &mut a, NodeState::New)
@@ -224,7 +224,7 @@ async fn join_keys_move_atomically() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_records_and_lost_leadership() {
-    let t = TestLeader::start("127.85.13").await;
+    let t = TestLeader::start().await;
     let l = &t.leader.leadership;
 
     // A record that does not decode.

@@ -45,13 +45,4 @@ pub enum Error {
         /// Nonzero when the requested start revision was already compacted away.
         compact_revision: i64,
     },
-
-    /// A test etcd could not be started (see [`crate::testing`]).
-    #[error("test etcd failed to start: {reason}\n--- last lines of etcd's stderr ---\n{stderr}")]
-    TestEtcd {
-        /// What went wrong.
-        reason: String,
-        /// The tail of etcd's stderr at the time.
-        stderr: String,
-    },
 }

@@ -5,7 +5,7 @@
 //! upstream wraps the root client into keyspaces named `namespaced:<a>:<b>/`, e.g.
 //! `namespaced:curator/` for the curator and `namespaced:etcd-pki/` for the etcd peer PKI.
 //! [`Namespaced`] is that wrapper: keys passed to it are relative to its prefix and keys it
-//! returns have the prefix stripped. [`testing::TestEtcd`] runs a throwaway real etcd for tests.
+//! returns have the prefix stripped.
 
 #![forbid(unsafe_code)]
 
@@ -13,7 +13,6 @@ mod connect;
 mod error;
 mod namespaced;
 pub mod process;
-pub mod testing;
 mod watch;
 
 pub use connect::connect_unix;

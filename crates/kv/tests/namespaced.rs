@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
 use futures::StreamExt;
-use kv::testing::TestEtcd;
 use kv::{Error, EventKind, Namespaced, WatchStream, connect_unix};
+use test_support::etcd::TestEtcd;
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,9 +1,10 @@
-//! labels: the rules for node labels (spec 4.4, upstream HEAD), in one place for everyone who handles
-//! them — the curator (RegisterNode, UpdateNodeLabels), the node (the labels it registers
-//! with) and metroctl (which checks them before a node ever sees them).
+//! labels: the rules for node labels (a feature of later upstream Monogon, not in the 8456ddf0
+//! baseline), in one place for everyone who handles them — the curator (RegisterNode,
+//! UpdateNodeLabels), the node (the labels it registers with) and metroctl (which checks them
+//! before a node ever sees them).
 //!
-//! The rules are upstream HEAD's (`metropolis/node/labels.go` and `validation.go`), which are
-//! Kubernetes' qualified names and label values with one extra restriction:
+//! The rules are later upstream Monogon's (`metropolis/node/labels.go` and `validation.go`), which
+//! are Kubernetes' qualified names and label values with one extra restriction:
 //!
 //! * a **key** is an optional prefix and `/`, then a name; the prefix is a lowercase DNS name
 //!   (RFC 1123 labels of 1–63 of `a-z`, `0-9`, `-`, not starting or ending with `-`, at most

@@ -1,5 +1,5 @@
-//! Upstream's test tables (`labels_test.go`, `validation_test.go` at HEAD), plus the set,
-//! update and registration rules.
+//! Upstream's test tables (`labels_test.go`, `validation_test.go` of later upstream Monogon), plus
+//! the set, update and registration rules.
 
 use super::*;
 

@@ -7,14 +7,15 @@
 //! metroctl's `--config`. Node `i` listens on `127.x.y.(i+1)` with the fixed Metropolis ports;
 //! clusters in different `127.x.y.0/24` blocks run side by side.
 //!
-//! [`Cluster::start`] does what upstream's e2e harness does (spec 10): bootstrap node 0 with a
+//! [`Cluster::start`] does what upstream's e2e harness does: bootstrap node 0 with a
 //! fresh owner key, take ownership (AAA.Escrow), read the register ticket and cluster info,
 //! start the other nodes with `cluster_register` parameters, approve them as they appear NEW,
 //! wait until they are UP, optionally add consensus members one at a time (etcd admits one
 //! learner at a time), and wait until every node is HEALTHY. Each [`Node`] can then be
 //! powered off (SIGKILL to it and its etcd), powered on, rebooted (clean stop, start again:
 //! it Joins) or frozen; [`Management`] (rpc's typed client) follows the curator leader for
-//! API calls.
+//! API calls, refusing curators the cluster CRL revokes (fetched from the curators whenever a
+//! leader channel starts, see [`Cluster::crl`]).
 //!
 //! Every process started here dies with its owner (see [`node`]).
 //!

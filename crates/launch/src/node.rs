@@ -1,6 +1,6 @@
 //! One emulated machine: a `metropolis-node` process bound to its own loopback address, with a
-//! state directory that survives restarts (spec 11: "power off = SIGKILL, power on = restart
-//! with the same dirs, reboot = restart expecting Join").
+//! state directory that survives restarts: powering off is a SIGKILL, powering on a restart
+//! with the same directories, a reboot a restart that is expected to Join.
 //!
 //! A [`Node`] starts the process as the leader of a new process group, so that powering it off
 //! kills it *and* every child it started (its etcd member) at the same instant, like a machine
@@ -37,6 +37,9 @@ use crate::sys::{self, Signal};
 pub const NODE_ID_MARKER: &str = "NODE_ID=";
 /// stdout line by which a node announces it is enrolled/joined and has pushed its status.
 pub const READY_MARKER: &str = "NODE_READY";
+/// Prefix that marks a stderr line among a node's output lines (stdout lines are kept as
+/// they are).
+pub const STDERR_PREFIX: &str = "[stderr] ";
 /// Exit code of a clean stop (SIGTERM/SIGINT).
 pub const EXIT_CLEAN: i32 = 0;
 /// Exit code of a fatal error.
@@ -810,7 +813,7 @@ impl Shared {
         let config = &self.config;
         let text = match which {
             Stream::Stdout => text.to_string(),
-            Stream::Stderr => format!("[stderr] {text}"),
+            Stream::Stderr => format!("{STDERR_PREFIX}{text}"),
         };
         if config.echo {
             eprintln!("[node{}] {text}", config.index);

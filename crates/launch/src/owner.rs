@@ -143,7 +143,8 @@ async fn attempt(endpoint: &str, owner: &SigningKey) -> Result<Ownership, Attemp
         .await
     {
         Ok(response) => response.into_inner().identity_ca_certificate,
-        // A curator without the [HEAD] RPC: ask GetClusterInfo with the new certificate.
+        // A curator without this RPC (later upstream Monogon, not in the 8456ddf0 baseline): ask
+        // GetClusterInfo with the new certificate.
         Err(status) if status.code() == Code::Unimplemented => {
             let creds = ClientCredentials::Authenticated {
                 certificate: owner_certificate.clone(),

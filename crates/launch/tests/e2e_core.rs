@@ -1,6 +1,6 @@
-//! e2e "core" (spec 10): two nodes (TPM disabled, NEEDS_INSECURE storage, as upstream); the
-//! cluster directory lists both addresses; all nodes become HEALTHY; node 1 is rebooted,
-//! joins again and all are HEALTHY again; its logs hold "Cluster enrolment done." (first
+//! e2e "core" (upstream's e2e suite of that name): two nodes (TPM disabled, NEEDS_INSECURE storage,
+//! as upstream); the cluster directory lists both addresses; all nodes become HEALTHY; node 1 is
+//! rebooted, joins again and all are HEALTHY again; its logs hold "Cluster enrolment done." (first
 //! boot) and "Joined the cluster." (the reboot).
 
 mod common;
@@ -8,12 +8,14 @@ mod common;
 use common::{Clock, HEALTH, REJOIN};
 use launch::Exit;
 use launch::proto::common::cluster_configuration::StorageSecurityPolicy;
+use test_support::LoopbackBlock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core() {
     common::init();
     let mut clock = Clock::new();
-    let mut options = common::options(2, "127.88.1");
+    let block = LoopbackBlock::allocate();
+    let mut options = common::options(2, &block);
     options.storage_policy = StorageSecurityPolicy::NeedsInsecure;
     let cluster = common::start(options).await;
     clock.lap("cluster of 2 launched");

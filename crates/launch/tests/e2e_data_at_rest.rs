@@ -20,6 +20,8 @@ use std::path::Path;
 use common::{Clock, Scan};
 use launch::Cluster;
 use launch::proto::common::cluster_configuration::StorageSecurityPolicy;
+use test_support::LoopbackBlock;
+use test_support::fs::files_below;
 
 async fn known_keys(cluster: &Cluster) -> Vec<(String, [u8; 32])> {
     let mut keys: Vec<(String, [u8; 32])> = cluster
@@ -50,7 +52,8 @@ fn assert_clean(dir: &Path, skip: Option<&Path>, scan: &Scan, when: &str) {
 async fn node_data_is_encrypted() {
     common::init();
     let mut clock = Clock::new();
-    let cluster = common::start(common::options(2, "127.88.5")).await;
+    let block = LoopbackBlock::allocate();
+    let cluster = common::start(common::options(2, &block)).await;
     clock.lap("cluster of 2 launched");
     let keys = known_keys(&cluster).await;
     let scan = Scan {
@@ -66,7 +69,7 @@ async fn node_data_is_encrypted() {
     let check = |when: &str| {
         for node in cluster.nodes() {
             let data = node.data_dir();
-            let own = common::files_below(&data.join("node"));
+            let own = files_below(&data.join("node"));
             assert!(
                 !own.is_empty(),
                 "{when}: node {} keeps no files under {}/node",
@@ -93,7 +96,8 @@ async fn node_data_is_encrypted() {
 async fn etcd_data_holds_no_plaintext_private_key() {
     common::init();
     let mut clock = Clock::new();
-    let cluster = common::start(common::options(1, "127.88.6")).await;
+    let block = LoopbackBlock::allocate();
+    let cluster = common::start(common::options(1, &block)).await;
     clock.lap("single node launched");
     let mut keys = known_keys(&cluster).await;
     let node = cluster.node(0);
@@ -121,7 +125,8 @@ async fn etcd_data_holds_no_plaintext_private_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_finds_the_credentials_of_an_insecure_node() {
     common::init();
-    let mut options = common::options(1, "127.88.7");
+    let block = LoopbackBlock::allocate();
+    let mut options = common::options(1, &block);
     options.storage_policy = StorageSecurityPolicy::NeedsInsecure;
     let cluster = common::start(options).await;
     let keys = known_keys(&cluster).await;

@@ -13,13 +13,15 @@ use launch::proto::common::NodeState;
 use launch::proto::private::SealedConfiguration;
 use launch::{DeleteBypass, Exit, Node};
 use prost::Message as _;
+use test_support::LoopbackBlock;
+use test_support::fs::files_below;
 use tonic::Code;
 
 /// A decommissioned node keeps nothing that unlocks its data or lets it rejoin: no data
 /// directory contents, and no node unlock key or join key in its sealed configuration (TPM is
 /// disabled here, so the file is a plain protobuf).
 fn assert_wiped(node: &Node) {
-    let leftovers = common::files_below(&node.data_dir());
+    let leftovers = files_below(&node.data_dir());
     assert!(
         leftovers.is_empty(),
         "node {} kept data files: {leftovers:?}",
@@ -46,7 +48,8 @@ fn assert_wiped(node: &Node) {
 async fn decommission_and_delete() {
     common::init();
     let mut clock = Clock::new();
-    let cluster = common::start(common::options(3, "127.88.4")).await;
+    let block = LoopbackBlock::allocate();
+    let cluster = common::start(common::options(3, &block)).await;
     clock.lap("cluster of 3 launched");
     let management = cluster.management();
     let (id0, id1, id2) = (

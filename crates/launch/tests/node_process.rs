@@ -47,7 +47,7 @@ fn setup(name: &str) -> (tempfile::TempDir, PathBuf) {
 fn node(temp: &Path, script: &Path, restart: RestartPolicy) -> Node {
     Node::new(NodeConfig {
         index: 7,
-        address: Ipv4Addr::new(127, 99, 0, 8),
+        address: ADDRESS,
         dir: temp.join("node7"),
         binary: script.to_path_buf(),
         parameters: Some(temp.join("params.pb")),
@@ -59,6 +59,10 @@ fn node(temp: &Path, script: &Path, restart: RestartPolicy) -> Node {
     })
 }
 
+/// The fake node binds nothing, so its address needs no loopback block: a documentation
+/// address (TEST-NET-1) that no test binds.
+const ADDRESS: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 8);
+
 fn read_pid(path: &Path) -> u32 {
     std::fs::read_to_string(path)
         .expect("pid file")
@@ -67,26 +71,10 @@ fn read_pid(path: &Path) -> u32 {
         .expect("pid")
 }
 
-/// Whether a process exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
 async fn wait_dead(pid: u32) {
-    let deadline = tokio::time::Instant::now() + SOON;
-    while alive(pid) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "process {pid} still alive"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    test_support::process::wait_until_dead(pid, SOON)
+        .await
+        .expect("the process is gone");
 }
 
 #[tokio::test]
@@ -107,7 +95,7 @@ async fn start_stop_kill_and_logs() {
     let args = node.wait_log("args:", SOON).await.expect("args line");
     for want in [
         "--state-dir",
-        "--address 127.99.0.8",
+        "--address 192.0.2.8",
         "--parameters",
         "--leader-ttl 2",
     ] {

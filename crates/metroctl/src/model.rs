@@ -95,7 +95,7 @@ pub fn state_name(state: i32) -> String {
     }
 }
 
-/// Health without prefix (tolerating upstream HEAD's `HEALTH_` prefix).
+/// Health without prefix (tolerating the `HEALTH_` prefix of later upstream Monogon).
 pub fn health_name(health: i32) -> String {
     match api::node::Health::try_from(health) {
         Ok(h) => h.as_str_name().trim_start_matches("HEALTH_").to_string(),

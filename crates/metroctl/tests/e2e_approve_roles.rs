@@ -1,4 +1,4 @@
-//! e2e on 127.89.2: a third node registers with parameters written by `metroctl cluster
+//! e2e: a third node registers with parameters written by `metroctl cluster
 //! node-params`, waits in NEW (listed by bare `approve` with its public key; its logs refused
 //! with advice), is approved and comes UP (logs: "Cluster enrolment done."); roles are
 //! added and removed (both spellings) while `node describe --watch` re-renders.
@@ -9,18 +9,20 @@ use std::time::Duration;
 
 use common::{ENROLMENT, Metroctl, find, roles};
 use launch::{Node, NodeConfig, RestartPolicy};
+use test_support::LoopbackBlock;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_roles_and_watch() {
-    let cluster = common::start(2, "127.89.2").await;
+    let block = LoopbackBlock::allocate();
+    let cluster = common::start(2, &block).await;
     let id1 = cluster.id_of(1).expect("id 1");
     let tmp = tempfile::tempdir().expect("tempdir");
     // The launcher's state directory is a complete metroctl config (owner key, certificate,
     // pinned CA).
     let mctl = Metroctl {
         config: cluster.state_dir().to_path_buf(),
-        endpoints: Some("127.89.2.1,127.89.2.2".to_string()),
+        endpoints: Some(format!("{},{}", block.host(1), block.host(2))),
     };
 
     // Nothing pending yet.
@@ -45,7 +47,7 @@ async fn approve_roles_and_watch() {
     }
     let node2 = Node::new(NodeConfig {
         index: 2,
-        address: "127.89.2.3".parse().expect("ip"),
+        address: block.addr(3),
         dir: dir.clone(),
         binary: launch::find_node_binary(None).expect("metropolis-node (cargo build -p node)"),
         parameters: Some(params.clone()),

@@ -1,14 +1,16 @@
-//! e2e on 127.89.3 (3 nodes): the safety checks of decommission and delete read as advice;
+//! e2e (3 nodes): the safety checks of decommission and delete read as advice;
 //! node 1 is decommissioned (metroctl waits, showing progress, until DECOMMISSIONED) and then
 //! deleted without bypasses; node 2 is deleted while UP, which needs a bypass and --yes.
 
 mod common;
 
 use common::{GONE, Metroctl, find};
+use test_support::LoopbackBlock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decommission_then_delete() {
-    let cluster = common::start(3, "127.89.3").await;
+    let block = LoopbackBlock::allocate();
+    let cluster = common::start(3, &block).await;
     let (id0, id1, id2) = (
         cluster.id_of(0).expect("id"),
         cluster.id_of(1).expect("id"),
@@ -16,7 +18,7 @@ async fn decommission_then_delete() {
     );
     let mctl = Metroctl {
         config: cluster.state_dir().to_path_buf(),
-        endpoints: Some("127.89.3.1".to_string()),
+        endpoints: Some(block.host(1)),
     };
 
     // Safety checks, with the fix in the message.

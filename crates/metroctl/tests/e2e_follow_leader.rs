@@ -1,4 +1,4 @@
-//! e2e on 127.89.6: `--endpoints` may name any node. With node 1 a second consensus member
+//! e2e: `--endpoints` may name any node. With node 1 a second consensus member
 //! (a curator follower), metroctl pointed only at node 1 finds the leader on node 0; pointed
 //! at a node list whose first entry is dead, it still gets through.
 
@@ -6,12 +6,14 @@ mod common;
 
 use common::Metroctl;
 use launch::{Cluster, ClusterOptions};
+use test_support::LoopbackBlock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_endpoint_reaches_the_leader() {
+    let block = LoopbackBlock::allocate();
     let options = ClusterOptions {
         consensus_members: 1,
-        ..ClusterOptions::new(2, "127.89.6")
+        ..ClusterOptions::new(2, &block.prefix())
     };
     let cluster = Cluster::start(options)
         .await
@@ -23,13 +25,13 @@ async fn any_endpoint_reaches_the_leader() {
         .current_leader()
         .expect("the launcher knows the leader");
     let follower = if leader == id0 {
-        "127.89.6.2"
+        block.host(2)
     } else {
-        "127.89.6.1"
+        block.host(1)
     };
     let mctl = Metroctl {
         config: cluster.state_dir().to_path_buf(),
-        endpoints: Some(follower.to_string()),
+        endpoints: Some(follower.clone()),
     };
 
     let run = mctl.run(&["cluster", "info", "-o", "json"]).await.ok();
@@ -47,7 +49,7 @@ async fn any_endpoint_reaches_the_leader() {
 
     // A dead first endpoint costs a retry, not the command.
     let mctl = Metroctl {
-        endpoints: Some(format!("127.89.6.250,{follower}")),
+        endpoints: Some(format!("{},{follower}", block.host(250))),
         ..mctl
     };
     mctl.run(&["node", "list"]).await.ok();

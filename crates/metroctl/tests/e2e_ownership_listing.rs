@@ -1,4 +1,4 @@
-//! e2e: a fresh operator config (only the owner key) against a 2-node cluster on 127.89.1:
+//! e2e: a fresh operator config (only the owner key) against a 2-node cluster:
 //! trust on first use of the CA, takeownership, listing and describing in all three formats,
 //! filters, output files, cluster info and ticket, logs, and readable errors for a bad filter,
 //! unknown or malformed node IDs and an unreachable cluster.
@@ -6,6 +6,7 @@
 mod common;
 
 use common::{HEALTH, Metroctl, find, roles};
+use test_support::LoopbackBlock;
 use tokio::io::AsyncBufReadExt;
 
 type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
@@ -20,13 +21,15 @@ async fn next_line(lines: &mut Lines) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ownership_listing_and_errors() {
-    let cluster = common::start(2, "127.89.1").await;
+    let block = LoopbackBlock::allocate();
+    let (host0, host1) = (block.host(1), block.host(2));
+    let cluster = common::start(2, &block).await;
     let id0 = cluster.id_of(0).expect("id 0");
     let id1 = cluster.id_of(1).expect("id 1");
     let ca_fp = common::fingerprint(cluster.ca_certificate());
     let tmp = tempfile::tempdir().expect("tempdir");
     let mctl = Metroctl::fresh(&tmp.path().join("cfg"), Some(&cluster.owner_key_path()))
-        .with_endpoints("127.89.1.1");
+        .with_endpoints(&host0);
 
     // First contact without a terminal: refused (exit 5), naming the fingerprint and the flag.
     let run = mctl.run(&["takeownership"]).await.failed(5);
@@ -92,7 +95,7 @@ async fn ownership_listing_and_errors() {
     assert_eq!(fields.len(), 7, "{run}");
     assert_eq!(fields[0], id0);
     assert_eq!(fields[1], "UP");
-    assert_eq!(fields[2], "127.89.1.1");
+    assert_eq!(fields[2], host0);
     assert_eq!(fields[3], "HEALTHY");
     assert_eq!(fields[4], "ConsensusMember,KubernetesController");
     assert_eq!(fields[5], "no");
@@ -108,13 +111,13 @@ async fn ownership_listing_and_errors() {
     assert_eq!(nodes.as_array().map(Vec::len), Some(2), "{run}");
     let n0 = find(&nodes, &id0).expect("node 0 in JSON");
     assert_eq!(n0["state"], "UP");
-    assert_eq!(n0["address"], "127.89.1.1");
+    assert_eq!(n0["address"], host0.as_str());
     assert_eq!(roles(n0), vec!["ConsensusMember", "KubernetesController"]);
     assert_eq!(n0["tpm_usage"], "NOT_PRESENT");
     assert_eq!(n0["running_curator"], true);
     assert_eq!(n0["pubkey"].as_str().map(str::len), Some(64));
     let n1 = find(&nodes, &id1).expect("node 1 in JSON");
-    assert_eq!(n1["address"], "127.89.1.2");
+    assert_eq!(n1["address"], host1.as_str());
     assert!(roles(n1).is_empty());
     // --columns narrows the fields.
     let run = mctl
@@ -131,7 +134,7 @@ async fn ownership_listing_and_errors() {
         .ok();
     assert_eq!(
         run.json(),
-        serde_json::json!([{"id": id1, "address": "127.89.1.2"}])
+        serde_json::json!([{"id": id1, "address": host1}])
     );
 
     // YAML.
@@ -142,7 +145,7 @@ async fn ownership_listing_and_errors() {
     assert!(run.stdout.starts_with(&format!("- id: {id1}\n")), "{run}");
     assert!(run.stdout.contains("\n  state: UP\n"), "{run}");
     assert!(
-        run.stdout.contains("\n  address: \"127.89.1.2\"\n"),
+        run.stdout.contains(&format!("\n  address: \"{host1}\"\n")),
         "{run}"
     );
     assert!(run.stdout.contains("\n  roles: []\n"), "{run}");
@@ -171,7 +174,7 @@ async fn ownership_listing_and_errors() {
             "node",
             "list",
             "--filter",
-            "node.status.external_address == \"127.89.1.2\"",
+            &format!("node.status.external_address == \"{host1}\""),
         ])
         .await
         .ok();
@@ -238,7 +241,7 @@ async fn ownership_listing_and_errors() {
     let run = mctl.run(&["node", "logs", &id1]).await.ok();
     assert!(
         run.stdout
-            .starts_with(&format!("=== Logs from {id1} (127.89.1.2):\n")),
+            .starts_with(&format!("=== Logs from {id1} ({host1}):\n")),
         "{run}"
     );
     assert!(run.stdout.contains("Cluster enrolment done."), "{run}");
@@ -278,7 +281,7 @@ async fn ownership_listing_and_errors() {
         .expect("start logs -f");
     let mut lines = tokio::io::BufReader::new(follow.stdout.take().expect("stdout")).lines();
     let header = next_line(&mut lines).await;
-    assert_eq!(header, format!("=== Logs from {id1} (127.89.1.2):"));
+    assert_eq!(header, format!("=== Logs from {id1} ({host1}):"));
     mctl.run(&["node", "add-role", "kw", &id1]).await.ok();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
@@ -300,7 +303,7 @@ async fn ownership_listing_and_errors() {
     let run = mctl
         .run(&[
             "--endpoints",
-            "127.89.1.200",
+            &block.host(200),
             "--connect-timeout",
             "3",
             "node",
@@ -313,7 +316,7 @@ async fn ownership_listing_and_errors() {
         "{run}"
     );
     let other = Metroctl::fresh(&tmp.path().join("cfg2"), Some(&cluster.owner_key_path()))
-        .with_endpoints("127.89.1.200");
+        .with_endpoints(&block.host(200));
     other.run(&["takeownership"]).await.failed(4);
 
     cluster.shutdown().await;

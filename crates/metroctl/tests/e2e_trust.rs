@@ -1,13 +1,15 @@
-//! e2e with two single-node clusters (127.89.4 and 127.89.5): a config that pinned cluster A's
+//! e2e with two single-node clusters, A and B, in blocks of their own: a config that pinned cluster A's
 //! CA refuses cluster B loudly, and A's owner key is refused by B's Escrow.
 
 mod common;
 
 use common::Metroctl;
+use test_support::LoopbackBlock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_ca_and_wrong_owner_key() {
-    let (a, b) = tokio::join!(common::start(1, "127.89.4"), common::start(1, "127.89.5"));
+    let (block_a, block_b) = (LoopbackBlock::allocate(), LoopbackBlock::allocate());
+    let (a, b) = tokio::join!(common::start(1, &block_a), common::start(1, &block_b));
     let fp_a = common::fingerprint(a.ca_certificate());
     let fp_b = common::fingerprint(b.ca_certificate());
     assert_ne!(fp_a, fp_b);
@@ -15,7 +17,7 @@ async fn pinned_ca_and_wrong_owner_key() {
 
     // Config A owns cluster A.
     let mctl_a = Metroctl::fresh(&tmp.path().join("a"), Some(&a.owner_key_path()))
-        .with_endpoints("127.89.4.1");
+        .with_endpoints(&block_a.host(1));
     mctl_a
         .run(&["--accept-ca-fingerprint", &fp_a, "takeownership"])
         .await
@@ -24,7 +26,7 @@ async fn pinned_ca_and_wrong_owner_key() {
 
     // Pointed at cluster B, config A refuses loudly (exit 5), naming both fingerprints and the
     // file to delete if the change is intended; for every command.
-    let to_b = mctl_a.clone().with_endpoints("127.89.5.1");
+    let to_b = mctl_a.clone().with_endpoints(&block_b.host(1));
     for args in [&["node", "list"][..], &["takeownership"][..]] {
         let run = to_b.run(args).await.failed(5);
         assert!(
@@ -50,7 +52,7 @@ async fn pinned_ca_and_wrong_owner_key() {
 
     // A's owner key against B (B's CA accepted on purpose): Escrow refuses it.
     let wrong = Metroctl::fresh(&tmp.path().join("wrong"), Some(&a.owner_key_path()))
-        .with_endpoints("127.89.5.1");
+        .with_endpoints(&block_b.host(1));
     let run = wrong
         .run(&["--accept-ca-fingerprint", &fp_b, "takeownership"])
         .await
@@ -63,7 +65,7 @@ async fn pinned_ca_and_wrong_owner_key() {
 
     // Interactively (on a terminal): upstream's prompt; only "yes" pins.
     let asked = Metroctl::fresh(&tmp.path().join("asked"), Some(&b.owner_key_path()))
-        .with_endpoints("127.89.5.1");
+        .with_endpoints(&block_b.host(1));
     if let Some(run) = asked.run_on_terminal(&["takeownership"], "no\n").await {
         assert_eq!(run.code, 5, "{run}");
         assert!(

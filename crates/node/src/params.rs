@@ -1,4 +1,4 @@
-//! NodeParameters (spec 5.1): installing them on the ESP and checking what they say.
+//! NodeParameters: installing them on the ESP and checking what they say.
 //!
 //! As upstream, parameters are required on every boot, even when the node re-joins from its
 //! sealed configuration and does not use them. Their contents are checked only when they are
@@ -83,10 +83,10 @@ pub struct Register {
     pub directory: ClusterDirectory,
 }
 
-/// Checks `cluster_register` (spec 5.3 step 1): the CA is a sane CA certificate, the ticket is
-/// not empty, the directory has at least one node and every node at least one address, each
-/// a literal IP. Unlike the baseline, nodes need not carry a public key: HEAD replaced it by
-/// the node ID, and nothing uses it.
+/// Checks `cluster_register` before registration starts: the CA is a sane CA certificate, the
+/// ticket is not empty, the directory has at least one node and every node at least one address,
+/// each a literal IP. Unlike the baseline, nodes need not carry a public key: later upstream
+/// Monogon replaced it by the node ID, and nothing uses it.
 pub fn register(r: &ClusterRegister) -> Result<Register, String> {
     identity::verify::check_ca(&r.ca_certificate)
         .map_err(|e| format!("cluster_register.ca_certificate: {e}"))?;

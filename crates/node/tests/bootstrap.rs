@@ -1,4 +1,4 @@
-//! A single-node cluster with the real binary (127.87.1.0/24): bootstrap, owner escrow,
+//! A single-node cluster with the real binary: bootstrap, owner escrow,
 //! GetClusterInfo and Logs with the owner certificate, clean SIGTERM shutdown, and a restart
 //! that re-joins the cluster from the sealed configuration with no plaintext private key in
 //! the encrypted part of the data directory.
@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, START_TIMEOUT, bootstrap_params, cluster_ca, files_below};
+use common::{START_TIMEOUT, bootstrap_params, cluster_ca};
 use identity::SigningKey;
 use proto::api::get_logs_request::{BacklogMode, StreamMode};
 use proto::api::management_client::ManagementClient;
@@ -17,9 +17,11 @@ use proto::common::LogFilter;
 use proto::common::cluster_configuration::StorageSecurityPolicy;
 use proto::common::log_entry::Kind;
 use proto::common::log_filter::{Filter, WithChildren};
+use test_support::fs::files_below;
+use test_support::node::{self, Exit, TestNode};
+use test_support::process::pids_with_arg;
+use test_support::{LoopbackBlock, eventually};
 use tonic::transport::Channel;
-
-const ADDRESS: &str = "127.87.1.1";
 
 /// Lines logged at `root` read through NodeManagement.Logs.
 async fn root_log_lines(ch: Channel) -> Vec<String> {
@@ -48,6 +50,9 @@ async fn root_log_lines(ch: Channel) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_serve_stop_and_rejoin() {
+    let block = LoopbackBlock::allocate();
+    let address = block.addr(1);
+    let host = block.host(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("node0");
     let owner = SigningKey::generate().expect("owner key");
@@ -60,47 +65,43 @@ async fn bootstrap_serve_stop_and_rejoin() {
     );
 
     // First boot: bootstrap.
-    let mut node = NodeProcess::start(&state, ADDRESS, Some(&params));
-    let id = node.node_id();
+    let node = node::start(0, &state, address, Some(&params));
+    let id = node.expect_id(START_TIMEOUT).await;
     assert!(identity::is_valid_node_id(&id), "{id}");
-    node.wait_for("NODE_READY", START_TIMEOUT);
-    node.wait_for("Cluster enrolment done.", Duration::from_secs(5));
+    node.expect_line("NODE_READY", START_TIMEOUT).await;
+    node.expect_line("Cluster enrolment done.", Duration::from_secs(5))
+        .await;
     let ca = cluster_ca(&state);
 
-    let cert = common::escrow(ADDRESS, &owner, &ca, &id).await;
-    let info = ManagementClient::new(common::owner_channel(
-        ADDRESS, 7835, &owner, &cert, &ca, &id,
-    ))
-    .get_cluster_info(GetClusterInfoRequest {})
-    .await
-    .expect("GetClusterInfo")
-    .into_inner();
+    let cert = common::escrow(&host, &owner, &ca, &id).await;
+    let info = ManagementClient::new(common::owner_channel(&host, 7835, &owner, &cert, &ca, &id))
+        .get_cluster_info(GetClusterInfoRequest {})
+        .await
+        .expect("GetClusterInfo")
+        .into_inner();
     assert_eq!(info.ca_certificate, ca);
 
-    let root_lines = root_log_lines(common::owner_channel(
-        ADDRESS, 7839, &owner, &cert, &ca, &id,
-    ))
-    .await;
+    let root_lines =
+        root_log_lines(common::owner_channel(&host, 7839, &owner, &cert, &ca, &id)).await;
     assert!(
         root_lines.iter().any(|l| l == "Cluster enrolment done."),
         "{root_lines:?}"
     );
     // The whole tree includes the etcd member's logs.
-    let mut all = NodeManagementClient::new(common::owner_channel(
-        ADDRESS, 7839, &owner, &cert, &ca, &id,
-    ))
-    .logs(GetLogsRequest {
-        dn: String::new(),
-        filters: vec![LogFilter {
-            filter: Some(Filter::WithChildren(WithChildren {})),
-        }],
-        backlog_mode: BacklogMode::BacklogAll as i32,
-        backlog_count: 0,
-        stream_mode: StreamMode::StreamDisable as i32,
-    })
-    .await
-    .expect("logs")
-    .into_inner();
+    let mut all =
+        NodeManagementClient::new(common::owner_channel(&host, 7839, &owner, &cert, &ca, &id))
+            .logs(GetLogsRequest {
+                dn: String::new(),
+                filters: vec![LogFilter {
+                    filter: Some(Filter::WithChildren(WithChildren {})),
+                }],
+                backlog_mode: BacklogMode::BacklogAll as i32,
+                backlog_count: 0,
+                stream_mode: StreamMode::StreamDisable as i32,
+            })
+            .await
+            .expect("logs")
+            .into_inner();
     let mut dns = std::collections::BTreeSet::new();
     while let Some(msg) = all.message().await.expect("message") {
         dns.extend(msg.backlog_entries.into_iter().map(|e| e.dn));
@@ -112,51 +113,47 @@ async fn bootstrap_serve_stop_and_rejoin() {
 
     // A crashed etcd member: the control plane restarts and the cluster API comes back.
     let etcd_data = state.join("data/etcd/data");
-    let etcd_pids = common::pids_with_arg(&etcd_data.to_string_lossy());
+    let etcd_pids = pids_with_arg(&etcd_data.to_string_lossy());
     assert_eq!(etcd_pids.len(), 1, "{etcd_pids:?}");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &etcd_pids[0].to_string()])
         .status()
         .expect("kill");
     assert!(killed.success());
-    node.wait_for("the etcd member stopped", START_TIMEOUT);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let ch = common::owner_channel(ADDRESS, 7835, &owner, &cert, &ca, &id);
-        match ManagementClient::new(ch)
+    node.expect_line("the etcd member stopped", START_TIMEOUT)
+        .await;
+    eventually(Duration::from_secs(60), async || {
+        let ch = common::owner_channel(&host, 7835, &owner, &cert, &ca, &id);
+        ManagementClient::new(ch)
             .get_cluster_info(GetClusterInfoRequest {})
             .await
-        {
-            Ok(_) => break,
-            Err(s) if tokio::time::Instant::now() < deadline => {
-                eprintln!("after etcd crash: {s:?}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(s) => panic!("cluster API did not come back: {s:?}"),
-        }
-    }
+    })
+    .await
+    .expect("the cluster API comes back after the etcd crash");
 
-    node.terminate();
-    assert_eq!(node.wait_exit(Duration::from_secs(30)), 0);
+    assert_eq!(
+        node.expect_stop(Duration::from_secs(30)).await,
+        Exit::Code(0)
+    );
     assert!(
-        node.lines().iter().any(|l| l.contains("received SIGTERM")),
+        node.stdout_lines()
+            .iter()
+            .any(|l| l.contains("received SIGTERM")),
         "{:?}",
-        node.lines()
+        node.stdout_lines()
     );
     drop(node);
 
     // Second boot: re-join from the sealed configuration (parameters stay installed).
-    let node = NodeProcess::start(&state, ADDRESS, None);
-    assert_eq!(node.node_id(), id);
-    node.wait_for("Joined the cluster.", START_TIMEOUT);
-    node.wait_for("NODE_READY", START_TIMEOUT);
-    let info = ManagementClient::new(common::owner_channel(
-        ADDRESS, 7835, &owner, &cert, &ca, &id,
-    ))
-    .get_cluster_info(GetClusterInfoRequest {})
-    .await
-    .expect("GetClusterInfo after restart")
-    .into_inner();
+    let node = node::start(0, &state, address, None);
+    assert_eq!(node.expect_id(START_TIMEOUT).await, id);
+    node.expect_line("Joined the cluster.", START_TIMEOUT).await;
+    node.expect_line("NODE_READY", START_TIMEOUT).await;
+    let info = ManagementClient::new(common::owner_channel(&host, 7835, &owner, &cert, &ca, &id))
+        .get_cluster_info(GetClusterInfoRequest {})
+        .await
+        .expect("GetClusterInfo after restart")
+        .into_inner();
     assert_eq!(info.ca_certificate, ca);
 
     // No plaintext private key in the encrypted part of data/. The node key is also the etcd
@@ -198,7 +195,7 @@ async fn bootstrap_serve_stop_and_rejoin() {
 /// partition) and the node still re-joins through JoinNode, which returns an empty CUK.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_storage_rejoins_with_plain_data() {
-    const INSECURE_ADDRESS: &str = "127.87.1.2";
+    let block = LoopbackBlock::allocate();
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("node0");
     let owner = SigningKey::generate().expect("owner key");
@@ -206,11 +203,13 @@ async fn insecure_storage_rejoins_with_plain_data() {
         dir.path(),
         &bootstrap_params(&owner, StorageSecurityPolicy::NeedsInsecure),
     );
-    let mut node = NodeProcess::start(&state, INSECURE_ADDRESS, Some(&params));
-    let id = node.node_id();
-    node.wait_for("NODE_READY", START_TIMEOUT);
-    node.terminate();
-    assert_eq!(node.wait_exit(Duration::from_secs(30)), 0);
+    let node = node::start(0, &state, block.addr(1), Some(&params));
+    let id = node.expect_id(START_TIMEOUT).await;
+    node.expect_line("NODE_READY", START_TIMEOUT).await;
+    assert_eq!(
+        node.expect_stop(Duration::from_secs(30)).await,
+        Exit::Code(0)
+    );
     drop(node);
 
     let key = std::fs::read_to_string(state.join("data/node/credentials/cert-key.pem"))
@@ -226,8 +225,8 @@ async fn insecure_storage_rejoins_with_plain_data() {
         proto::common::NodeStorageSecurity::Insecure as i32
     );
 
-    let node = NodeProcess::start(&state, INSECURE_ADDRESS, None);
-    assert_eq!(node.node_id(), id);
-    node.wait_for("Joined the cluster.", START_TIMEOUT);
-    node.wait_for("NODE_READY", START_TIMEOUT);
+    let node = node::start(0, &state, block.addr(1), None);
+    assert_eq!(node.expect_id(START_TIMEOUT).await, id);
+    node.expect_line("Joined the cluster.", START_TIMEOUT).await;
+    node.expect_line("NODE_READY", START_TIMEOUT).await;
 }

@@ -1,4 +1,4 @@
-//! The binary's refusals (127.87.2.0/24): missing or invalid parameters and arguments, a
+//! The binary's refusals: missing or invalid parameters and arguments, a
 //! cluster configuration it cannot satisfy, leftovers of an unfinished enrolment, a
 //! decommissioned state. Each must end with a clear message on stderr and the contract's
 //! exit code, without starting anything.
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{NodeProcess, bootstrap_params, write_params};
+use common::{bootstrap_params, write_params};
 use identity::{SigningKey, templates};
 use prost::Message;
 use proto::api::NodeParameters;
@@ -18,14 +18,23 @@ use proto::common::ClusterDirectory;
 use proto::common::cluster_configuration::StorageSecurityPolicy;
 use proto::common::cluster_directory::{Node, node::Address};
 use proto::private::SealedConfiguration;
+use test_support::LoopbackBlock;
+use test_support::node::{self, TestNode};
 
-const ADDRESS: &str = "127.87.2.1";
-
-/// Runs the node to completion; returns (exit code, stderr).
+/// Runs the node to completion in a block of its own (it refuses before binding anything,
+/// but a node that wrongly went on must not meet another test's); returns (exit code,
+/// stderr), -1 for a death by signal.
 fn run(state: &Path, params: Option<&Path>) -> (i32, String) {
-    let mut node = NodeProcess::start(state, ADDRESS, params);
-    let code = node.wait_exit(Duration::from_secs(30));
-    (code, node.stderr().join("\n"))
+    let block = LoopbackBlock::allocate();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let node = node::start(0, state, block.addr(1), params);
+        let exit = node.expect_exit(Duration::from_secs(30)).await;
+        (exit.code().unwrap_or(-1), node.stderr_text())
+    })
 }
 
 fn register_params(ticket: &[u8], host: &str, ca: Vec<u8>) -> NodeParameters {
@@ -130,7 +139,7 @@ fn register_parameter_validation() {
     let cases: Vec<(&str, NodeParameters, &str)> = vec![
         (
             "ticket",
-            register_params(b"", "127.87.2.2", ca()),
+            register_params(b"", "192.0.2.1", ca()),
             "register_ticket is empty",
         ),
         (
@@ -140,7 +149,7 @@ fn register_parameter_validation() {
         ),
         (
             "ca",
-            register_params(b"t", "127.87.2.2", b"junk".to_vec()),
+            register_params(b"t", "192.0.2.1", b"junk".to_vec()),
             "ca_certificate",
         ),
     ];

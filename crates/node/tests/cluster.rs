@@ -1,4 +1,4 @@
-//! Node-side flows against a real cluster of `metropolis-node` processes (127.87.4.0/24):
+//! Node-side flows against a real cluster of `metropolis-node` processes:
 //! refused registrations (foreign cluster, wrong ticket), register → approve → commit,
 //! restart of a registered node (join), decommissioning (wipe, exit 3, no restart) and
 //! deletion (exit 3, no restart). Multi-node scenarios beyond the node's own behaviour
@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, START_TIMEOUT, bootstrap_params, cluster_ca, write_params};
+use common::{START_TIMEOUT, bootstrap_params, cluster_ca, write_params};
 use identity::{SigningKey, templates};
 use prost::Message;
 use proto::api::management_client::ManagementClient;
@@ -20,9 +20,9 @@ use proto::api::{
 };
 use proto::common::cluster_configuration::StorageSecurityPolicy;
 use proto::common::{ClusterDirectory, NodeState};
+use test_support::node::{self, Exit, Node, TestNode};
+use test_support::{LoopbackBlock, eventually};
 use tonic::transport::Channel;
-
-const NODE0: &str = "127.87.4.1";
 
 fn register_params(directory: ClusterDirectory, ticket: Vec<u8>, ca: Vec<u8>) -> NodeParameters {
     NodeParameters {
@@ -37,8 +37,10 @@ fn register_params(directory: ClusterDirectory, ticket: Vec<u8>, ca: Vec<u8>) ->
 }
 
 /// The public key a registering node logs while it waits for approval.
-fn logged_public_key(node: &NodeProcess) -> Vec<u8> {
-    let line = node.wait_for("waiting for approval", START_TIMEOUT);
+async fn logged_public_key(node: &Node) -> Vec<u8> {
+    let line = node
+        .expect_line("waiting for approval", START_TIMEOUT)
+        .await;
     let hex_key = line
         .rsplit("node public key ")
         .next()
@@ -65,31 +67,34 @@ async fn node_state(mgmt: &mut ManagementClient<Channel>, id: &str) -> Option<No
 
 /// Waits until GetNodes reports the node HEALTHY (heartbeats arrive).
 async fn wait_healthy(mgmt: &mut ManagementClient<Channel>, id: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), async || {
         let health = get_node(mgmt, id).await.map(|n| n.health());
         if health == Some(proto::api::node::Health::Healthy) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("health {health:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} not healthy: {health:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{id} not healthy: {e}"));
 }
 
-/// Registers a node at `address` and approves it once it asks.
+/// Registers node `index` at `address` and approves it once it asks.
 async fn register(
     dir: &std::path::Path,
-    name: &str,
-    address: &str,
+    index: usize,
+    address: std::net::Ipv4Addr,
     params: &std::path::Path,
     mgmt: &mut ManagementClient<Channel>,
-) -> (NodeProcess, String) {
-    let node = NodeProcess::start(&dir.join(name), address, Some(params));
-    let id = node.node_id();
-    let pubkey = logged_public_key(&node);
+) -> (Node, String) {
+    let node = node::start(
+        index,
+        &dir.join(format!("node{index}")),
+        address,
+        Some(params),
+    );
+    let id = node.expect_id(START_TIMEOUT).await;
+    let pubkey = logged_public_key(&node).await;
     assert_eq!(
         identity::PublicKey::from_slice(&pubkey)
             .expect("key")
@@ -97,7 +102,7 @@ async fn register(
         id
     );
     assert!(
-        node.lines()
+        node.stdout_lines()
             .iter()
             .any(|l| l.contains(&format!("metroctl approve {id}"))),
         "the approval hint names the node"
@@ -105,13 +110,16 @@ async fn register(
     mgmt.approve_node(ApproveNodeRequest { pubkey })
         .await
         .expect("ApproveNode");
-    node.wait_for("Cluster enrolment done.", START_TIMEOUT);
-    node.wait_for("NODE_READY", START_TIMEOUT);
+    node.expect_line("Cluster enrolment done.", START_TIMEOUT)
+        .await;
+    node.expect_line("NODE_READY", START_TIMEOUT).await;
     (node, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_restart_decommission_delete() {
+    let block = LoopbackBlock::allocate();
+    let node0_host = block.host(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let owner = SigningKey::generate().expect("owner");
     let p0 = write_params(
@@ -121,13 +129,19 @@ async fn register_restart_decommission_delete() {
             StorageSecurityPolicy::NeedsEncryptionAndAuthentication,
         ),
     );
-    let node0 = NodeProcess::start(&dir.path().join("node0"), NODE0, Some(&p0));
-    let id0 = node0.node_id();
-    node0.wait_for("NODE_READY", START_TIMEOUT);
-    let ca = cluster_ca(&node0.state_dir);
-    let cert = common::escrow(NODE0, &owner, &ca, &id0).await;
-    let mut mgmt =
-        ManagementClient::new(common::owner_channel(NODE0, 7835, &owner, &cert, &ca, &id0));
+    let node0 = node::start(0, &dir.path().join("node0"), block.addr(1), Some(&p0));
+    let id0 = node0.expect_id(START_TIMEOUT).await;
+    node0.expect_line("NODE_READY", START_TIMEOUT).await;
+    let ca = cluster_ca(node0.dir());
+    let cert = common::escrow(&node0_host, &owner, &ca, &id0).await;
+    let mut mgmt = ManagementClient::new(common::owner_channel(
+        &node0_host,
+        7835,
+        &owner,
+        &cert,
+        &ca,
+        &id0,
+    ));
     let ticket = mgmt
         .get_register_ticket(GetRegisterTicketRequest {})
         .await
@@ -150,9 +164,14 @@ async fn register_restart_decommission_delete() {
         register_params(directory.clone(), ticket.clone(), other_ca).encode_to_vec(),
     )
     .expect("write");
-    let mut n = NodeProcess::start(&dir.path().join("foreign"), "127.87.4.9", Some(&foreign));
-    assert_eq!(n.wait_exit(Duration::from_secs(60)), 1);
-    let err = n.stderr().join("\n");
+    let n = node::start(
+        9,
+        &dir.path().join("foreign"),
+        block.addr(9),
+        Some(&foreign),
+    );
+    assert_eq!(n.expect_exit(Duration::from_secs(60)).await, Exit::Code(1));
+    let err = n.stderr_text();
     assert!(err.contains("foreign cluster"), "{err}");
 
     let wrong = dir.path().join("wrong.pb");
@@ -161,9 +180,9 @@ async fn register_restart_decommission_delete() {
         register_params(directory.clone(), b"wrong ticket".to_vec(), ca.clone()).encode_to_vec(),
     )
     .expect("write");
-    let mut n = NodeProcess::start(&dir.path().join("wrong"), "127.87.4.8", Some(&wrong));
-    assert_eq!(n.wait_exit(Duration::from_secs(60)), 1);
-    let err = n.stderr().join("\n");
+    let n = node::start(8, &dir.path().join("wrong"), block.addr(8), Some(&wrong));
+    assert_eq!(n.expect_exit(Duration::from_secs(60)).await, Exit::Code(1));
+    let err = n.stderr_text();
     assert!(err.contains("refused to register"), "{err}");
 
     // Register two nodes.
@@ -176,11 +195,15 @@ async fn register_restart_decommission_delete() {
 
     // A node stopped while it waits for approval stops at once and leaves nothing behind:
     // it simply registers anew next time.
-    let mut waiting = NodeProcess::start(&dir.path().join("waiting"), "127.87.4.7", Some(&params));
-    waiting.wait_for("waiting for approval", START_TIMEOUT);
+    let waiting = node::start(7, &dir.path().join("waiting"), block.addr(7), Some(&params));
+    waiting
+        .expect_line("waiting for approval", START_TIMEOUT)
+        .await;
     let stopping = std::time::Instant::now();
-    waiting.terminate();
-    assert_eq!(waiting.wait_exit(Duration::from_secs(30)), 0);
+    assert_eq!(
+        waiting.expect_stop(Duration::from_secs(30)).await,
+        Exit::Code(0)
+    );
     assert!(
         stopping.elapsed() < Duration::from_secs(4),
         "{:?}",
@@ -192,20 +215,24 @@ async fn register_restart_decommission_delete() {
             .join("waiting/esp/metropolis/sealed_configuration.pb")
             .exists()
     );
-    let (mut node1, id1) = register(dir.path(), "node1", "127.87.4.2", &params, &mut mgmt).await;
-    let (mut node2, id2) = register(dir.path(), "node2", "127.87.4.3", &params, &mut mgmt).await;
+    let (node1, id1) = register(dir.path(), 1, block.addr(2), &params, &mut mgmt).await;
+    let (node2, id2) = register(dir.path(), 2, block.addr(3), &params, &mut mgmt).await;
     assert_eq!(node_state(&mut mgmt, &id1).await, Some(NodeState::Up));
     wait_healthy(&mut mgmt, &id1).await;
     wait_healthy(&mut mgmt, &id0).await;
 
     // Restart node1: it joins with its sealed configuration.
-    node1.terminate();
-    assert_eq!(node1.wait_exit(Duration::from_secs(30)), 0);
+    assert_eq!(
+        node1.expect_stop(Duration::from_secs(30)).await,
+        Exit::Code(0)
+    );
     drop(node1);
-    let mut node1 = NodeProcess::start(&dir.path().join("node1"), "127.87.4.2", None);
-    assert_eq!(node1.node_id(), id1);
-    node1.wait_for("Joined the cluster.", START_TIMEOUT);
-    node1.wait_for("NODE_READY", START_TIMEOUT);
+    let node1 = node::start(1, &dir.path().join("node1"), block.addr(2), None);
+    assert_eq!(node1.expect_id(START_TIMEOUT).await, id1);
+    node1
+        .expect_line("Joined the cluster.", START_TIMEOUT)
+        .await;
+    node1.expect_line("NODE_READY", START_TIMEOUT).await;
     let directory1 = std::fs::read(dir.path().join("node1/esp/metropolis/cluster_directory.pb"))
         .expect("directory");
     let directory1 = ClusterDirectory::decode(directory1.as_slice()).expect("decode");
@@ -213,7 +240,7 @@ async fn register_restart_decommission_delete() {
         directory1
             .nodes
             .iter()
-            .any(|n| n.addresses.iter().any(|a| a.host == NODE0)),
+            .any(|n| n.addresses.iter().any(|a| a.host == node0_host)),
         "{directory1:?}"
     );
 
@@ -223,17 +250,21 @@ async fn register_restart_decommission_delete() {
     })
     .await
     .expect("DecommissionNode");
-    assert_eq!(node1.wait_exit(START_TIMEOUT), 3);
-    let err = node1.stderr().join("\n");
+    assert_eq!(node1.expect_exit(START_TIMEOUT).await, Exit::Code(3));
+    let err = node1.stderr_text();
     assert!(err.contains("decommissioned"), "{err}");
     assert!(!dir.path().join("node1/data").exists(), "data wiped");
     assert_eq!(
         node_state(&mut mgmt, &id1).await,
         Some(NodeState::Decommissioned)
     );
-    drop(node1);
-    let mut again = NodeProcess::start(&dir.path().join("node1"), "127.87.4.2", None);
-    assert_eq!(again.wait_exit(Duration::from_secs(30)), 3, "no crash loop");
+    // Powered on again on the same state directory: it knows it is gone.
+    node1.start().expect("start node 1 again");
+    assert_eq!(
+        node1.expect_exit(Duration::from_secs(30)).await,
+        Exit::Code(3),
+        "no crash loop"
+    );
 
     // Delete node2 (still UP): it notices and exits as gone; a restart does not rejoin.
     mgmt.delete_node(DeleteNodeRequest {
@@ -245,13 +276,17 @@ async fn register_restart_decommission_delete() {
     })
     .await
     .expect("DeleteNode");
-    assert_eq!(node2.wait_exit(START_TIMEOUT), 3);
-    let err = node2.stderr().join("\n");
+    assert_eq!(node2.expect_exit(START_TIMEOUT).await, Exit::Code(3));
+    let err = node2.stderr_text();
     assert!(err.contains("removed from the cluster"), "{err}");
     drop(node2);
-    let mut again = NodeProcess::start(&dir.path().join("node2"), "127.87.4.3", None);
-    assert_eq!(again.wait_exit(Duration::from_secs(60)), 3, "no crash loop");
-    let err = again.stderr().join("\n");
+    let again = node::start(2, &dir.path().join("node2"), block.addr(3), None);
+    assert_eq!(
+        again.expect_exit(Duration::from_secs(60)).await,
+        Exit::Code(3),
+        "no crash loop"
+    );
+    let err = again.stderr_text();
     assert!(err.contains("deleted"), "{err}");
     drop(node0);
 }

@@ -9,8 +9,8 @@ use common::{cluster_ca, curator, new_key, raw_get};
 use identity::SigningKey;
 use identity::templates::CLUSTER_CA_CN;
 use identity::verify;
-use kv::testing::TestEtcd;
 use pki::{Certificate, Error, Issuer, Mode, Template};
+use test_support::etcd::TestEtcd;
 
 #[tokio::test]
 async fn ca_ensure_is_idempotent_and_stored_at_upstream_keys() {

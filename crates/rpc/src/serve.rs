@@ -224,7 +224,7 @@ pub fn tls_incoming_with(
             tokio::spawn(async move {
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let conn = Severable::new(tls, sever, slots, activity, limits.idle_timeout);
+                        let conn = Severable::serving(tls, sever, slots, activity, limits.idle_timeout);
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
@@ -539,7 +539,9 @@ pub struct Severable<S> {
     inner: S,
     severed: Pin<Box<WaitForCancellationFutureOwned>>,
     idle: Option<IdleCheck>,
-    _slots: Slots,
+    /// Held for as long as the connection lives (a server's connection counts).
+    _slots: Option<Slots>,
+    why: &'static str,
 }
 
 /// The idle clock of a connection.
@@ -570,7 +572,20 @@ impl IdleCheck {
 }
 
 impl<S> Severable<S> {
-    fn new(
+    /// `inner`, failing with ConnectionAborted (saying `why`) once `token` is cancelled.
+    pub(crate) fn new(inner: S, token: CancellationToken, why: &'static str) -> Self {
+        Self {
+            inner,
+            severed: Box::pin(token.cancelled_owned()),
+            idle: None,
+            _slots: None,
+            why,
+        }
+    }
+
+    /// A served connection: severed with its server, holding its connection slots, and closed
+    /// once idle for `idle_timeout` when `activity` tracks its calls.
+    fn serving(
         inner: S,
         token: CancellationToken,
         slots: Slots,
@@ -589,7 +604,8 @@ impl<S> Severable<S> {
             inner,
             severed: Box::pin(token.cancelled_owned()),
             idle,
-            _slots: slots,
+            _slots: Some(slots),
+            why: "server torn down",
         }
     }
 
@@ -598,7 +614,7 @@ impl<S> Severable<S> {
         if self.severed.as_mut().poll(cx).is_ready() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
-                "server torn down",
+                self.why,
             ));
         }
         Ok(())

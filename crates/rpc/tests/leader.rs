@@ -22,6 +22,7 @@ use proto::curator_api::{GetCurrentLeaderRequest, GetCurrentLeaderResponse};
 use rpc::{
     ClientCredentials, LeaderChannel, LeaderOptions, RetryPolicy, RevocationSet, ServerSecurity,
 };
+use test_support::eventually;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -342,15 +343,6 @@ async fn wait_answered_by(lc: &LeaderChannel, want: &str) {
     }
 }
 
-/// Polls `check` until it holds; panics with `what` after [`SOON`].
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn seeded_with_a_follower_reaches_the_leader() {
     let cluster = TestCluster::new(2);
@@ -638,7 +630,9 @@ async fn dropping_the_last_handle_stops_discovery() {
         matches!(closed, Ok(Err(_))),
         "updater still running: {closed:?}"
     );
-    eventually("the discovery stream to close", || open() == 0).await;
+    eventually(SOON, async || open() == 0)
+        .await
+        .expect("the discovery stream closes");
 }
 
 #[tokio::test]

@@ -23,7 +23,6 @@ use crate::setup::{self, Raw};
 use crate::stats::median;
 
 const NAME: &str = "getnodes";
-const BLOCK: &str = "127.90.2";
 /// The filter of the issue: UP workers.
 pub const FILTER: &str = "node.state == NODE_STATE_UP && has(node.roles.kubernetes_worker)";
 
@@ -45,7 +44,7 @@ struct Listing {
 
 /// Runs the scenario.
 pub async fn run(p: &Params) -> Result<ScenarioResult> {
-    let t = setup::leader(BLOCK).await?;
+    let t = setup::leader().await?;
     let result = measure(&t, p).await;
     t.stop().await;
     Ok(ScenarioResult {

@@ -24,7 +24,6 @@ use crate::setup::{self, Raw};
 use crate::stats::Latencies;
 
 const NAME: &str = "heartbeat";
-const BLOCK: &str = "127.90.3";
 /// Longest the baseline window runs: its figures are rates, which settle within seconds.
 const MAX_BASELINE_WINDOW: Duration = Duration::from_secs(20);
 
@@ -61,7 +60,7 @@ impl Cpu {
 
 /// Runs the scenario.
 pub async fn run(p: &Params) -> Result<ScenarioResult> {
-    let t = setup::leader(BLOCK).await?;
+    let t = setup::leader().await?;
     let result = measure(&t, p).await;
     t.stop().await;
     Ok(ScenarioResult {

@@ -19,7 +19,6 @@ use crate::report::{Row, ScenarioResult, Unit};
 use crate::setup::{self, Raw};
 
 const NAME: &str = "memory";
-const LEADER_BLOCK: &str = "127.90.5";
 const CLUSTER_BLOCK: &str = "127.90.8";
 /// Time the launched nodes get to take in the new records (watches, caches) before their
 /// memory is read.
@@ -48,7 +47,7 @@ pub async fn run(p: &Params) -> Result<ScenarioResult> {
 }
 
 async fn in_process(p: &Params) -> Result<Vec<Row>> {
-    let t = setup::leader(LEADER_BLOCK).await?;
+    let t = setup::leader().await?;
     let result = async {
         let before = procfs::rss(None)?;
         let raw = Raw::of(&t);

@@ -29,8 +29,6 @@ use crate::setup::{self, Raw};
 use crate::stats::Latencies;
 
 const NAME: &str = "registration";
-/// Address block of this scenario's leader.
-const BLOCK: &str = "127.90.1";
 /// Key kinds (see `setup::key`) for the baseline's nodes, distinct from ours.
 const BASE_NODE_KEY: u8 = 11;
 const BASE_JOIN_KEY: u8 = 12;
@@ -62,7 +60,7 @@ impl Steps {
 
 /// Runs the scenario.
 pub async fn run(p: &Params) -> Result<ScenarioResult> {
-    let t = setup::leader(BLOCK).await?;
+    let t = setup::leader().await?;
     let result = measure(&t, p).await;
     t.stop().await;
     let (ours, ours_s, base, base_s) = result?;

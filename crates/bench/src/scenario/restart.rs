@@ -8,8 +8,8 @@
 //!   a cold restart of the whole cluster (every node SIGKILLed, all started) to all HEALTHY.
 //!
 //! Baseline: the store's own start — a raw single-member etcd from an empty directory to its
-//! first answered request (`kv::testing::TestEtcd`), median of the repeats. Every restart of
-//! ours has to start at least that.
+//! first answered request (`test_support::etcd::TestEtcd`), median of the repeats. Every
+//! restart of ours has to start at least that.
 
 use std::time::Duration;
 
@@ -22,10 +22,9 @@ use crate::setup;
 use crate::stats::median;
 
 const NAME: &str = "restart";
-/// Prefix of the in-process bootstraps' blocks: repeat i uses 127.90.6i, so no start waits
-/// for the previous one's ports (hence at most 10 repeats).
-const BOOTSTRAP_BLOCK: &str = "127.90.6";
-/// Most repeats [`BOOTSTRAP_BLOCK`] has room for.
+/// Most repeats of the in-process bootstrap: each takes a fresh loopback block (the allocator
+/// never hands a process the block it just released, so no start waits for the previous one's
+/// ports), and ten is plenty for a median.
 pub const MAX_REPEATS: usize = 10;
 const CLUSTER_BLOCK: &str = "127.90.7";
 const WAIT: Duration = Duration::from_secs(180);
@@ -40,8 +39,8 @@ pub struct Params {
 /// Runs the scenario; the in-process rows are kept even if the launched cluster fails.
 pub async fn run(p: &Params) -> Result<ScenarioResult> {
     let mut result = ScenarioResult {
-        baseline: "raw single-member etcd (kv::testing::TestEtcd) from an empty directory to \
-            its first answered request"
+        baseline: "raw single-member etcd (test_support::etcd::TestEtcd) from an empty directory \
+            to its first answered request"
             .into(),
         parameters: format!(
             "bootstrap median of {} (in-process), 3-node launched cluster (3 consensus members)",
@@ -51,9 +50,9 @@ pub async fn run(p: &Params) -> Result<ScenarioResult> {
     };
     let mut etcd = Vec::new();
     let mut boot = Vec::new();
-    for i in 0..p.repeats.clamp(1, MAX_REPEATS) {
+    for _ in 0..p.repeats.clamp(1, MAX_REPEATS) {
         etcd.push(raw_etcd_start().await?);
-        boot.push(bootstrap(&format!("{BOOTSTRAP_BLOCK}{i}")).await?);
+        boot.push(bootstrap().await?);
     }
     let base = median(&etcd);
     result.rows.push(Row::pair(
@@ -72,15 +71,15 @@ pub async fn run(p: &Params) -> Result<ScenarioResult> {
 
 async fn raw_etcd_start() -> Result<f64> {
     let start = Instant::now();
-    let etcd = kv::testing::TestEtcd::start().await?;
+    let etcd = test_support::etcd::TestEtcd::start().await?;
     let took = start.elapsed().as_secs_f64();
     drop(etcd);
     Ok(took)
 }
 
-async fn bootstrap(block: &str) -> Result<f64> {
+async fn bootstrap() -> Result<f64> {
     let start = Instant::now();
-    let t = setup::leader(block).await?;
+    let t = setup::leader().await?;
     let answered = rpc::Management::direct(t.owner().await).get_nodes("").await;
     let took = start.elapsed().as_secs_f64();
     t.stop().await;

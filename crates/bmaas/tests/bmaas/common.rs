@@ -1,7 +1,6 @@
 //! An in-process server on a fresh database with dev certificates, and clients for it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bmaas::devcerts::{self, ComponentTls};
 use bmaas::server::{Config, Server};
@@ -13,14 +12,9 @@ use proto::cloud::bmaas::server::api::{AgentHeartbeatRequest, AgentHeartbeatResp
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+/// Logs to the test output (shown for failing tests), once per process.
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "bmaas=debug,bmdb=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    test_support::logging::init_with("bmaas=debug,bmdb=info");
 }
 
 pub struct TestServer {
@@ -136,24 +130,5 @@ impl TestServer {
             .fetch_one(self.bmdb.pool())
             .await
             .unwrap()
-    }
-}
-
-/// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

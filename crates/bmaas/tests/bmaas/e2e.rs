@@ -18,7 +18,9 @@ use proto::cloud::bmaas::server::api::{
 };
 use tonic::transport::Channel;
 
-use crate::common::{self, eventually};
+use test_support::eventually;
+
+use crate::common;
 
 /// A child process, killed on drop; its stderr log is printed if the test fails.
 struct Proc {
@@ -43,18 +45,10 @@ impl Proc {
     async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} ignored SIGTERM",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = &mut self.child;
+        eventually(Duration::from_secs(20), async || child.try_wait().unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{} ignored SIGTERM: {e}", self.name))
     }
 }
 
@@ -177,20 +171,17 @@ async fn agent_binary_reports_into_server_binary() {
     );
 
     // The hardware report lands in the BMDB.
-    let m = eventually(
-        Duration::from_secs(60),
-        "hardware report in the BMDB",
-        || {
-            let mut op = op.clone();
-            async move {
-                machines(&mut op)
-                    .await
-                    .into_iter()
-                    .find(|m| m.hardware_report.is_some())
-            }
-        },
-    )
-    .await;
+    let m = eventually(Duration::from_secs(60), || {
+        let mut op = op.clone();
+        async move {
+            machines(&mut op)
+                .await
+                .into_iter()
+                .find(|m| m.hardware_report.is_some())
+        }
+    })
+    .await
+    .expect("hardware report in the BMDB");
     eprintln!(
         "hardware report landed {:?} after starting the agent",
         started.elapsed()
@@ -219,7 +210,7 @@ async fn agent_binary_reports_into_server_binary() {
         .unwrap()
         .into_inner()
         .generation;
-    let r1 = eventually(Duration::from_secs(30), "installation report 1", || {
+    let r1 = eventually(Duration::from_secs(30), || {
         let mut op = op.clone();
         async move {
             machines(&mut op)
@@ -228,7 +219,8 @@ async fn agent_binary_reports_into_server_binary() {
                 .find_map(|m| m.os_installation_report.filter(|r| r.generation == g1))
         }
     })
-    .await;
+    .await
+    .expect("installation report 1");
     match r1.result {
         Some(ReportResult::Error(e)) => assert!(e.error.contains("no-such-disk"), "{}", e.error),
         other => panic!("expected an error report, got {other:?}"),
@@ -258,7 +250,7 @@ async fn agent_binary_reports_into_server_binary() {
         .into_inner()
         .generation;
     assert_eq!(g2, g1 + 1);
-    let r2 = eventually(Duration::from_secs(30), "installation report 2", || {
+    let r2 = eventually(Duration::from_secs(30), || {
         let mut op = op.clone();
         async move {
             machines(&mut op)
@@ -267,7 +259,8 @@ async fn agent_binary_reports_into_server_binary() {
                 .find_map(|m| m.os_installation_report.filter(|r| r.generation == g2))
         }
     })
-    .await;
+    .await
+    .expect("installation report 2");
     assert!(
         matches!(r2.result, Some(ReportResult::Success(_))),
         "{:?}",
@@ -296,11 +289,12 @@ async fn agent_binary_reports_into_server_binary() {
         Some((t.seconds, t.nanos))
     };
     let before = at(&machines(&mut op).await[0]).unwrap();
-    eventually(Duration::from_secs(10), "a later heartbeat", || {
+    eventually(Duration::from_secs(10), || {
         let mut op = op.clone();
         async move { (at(&machines(&mut op).await[0])? > before).then_some(()) }
     })
-    .await;
+    .await
+    .expect("a later heartbeat");
 
     eprintln!("installations reported after {:?}", t0.elapsed());
 

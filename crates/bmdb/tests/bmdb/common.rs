@@ -1,20 +1,11 @@
 //! Shared test helpers.
 
-use std::future::Future;
-use std::time::Duration;
-
 use bmdb::{Bmdb, Config, Provider, Session, queries};
 use uuid::Uuid;
 
 /// Logs to the test output (shown for failing tests), once per process.
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "bmdb=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    test_support::logging::init_with("bmdb=debug");
 }
 
 /// A migrated BMDB in a database of its own.
@@ -41,23 +32,4 @@ pub async fn provided_machine(session: &Session, provider_id: &str) -> Uuid {
         })
         .await
         .unwrap()
-}
-
-/// Polls `check` every 20 ms until it returns true; panics with `what` after `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bmdb::{Error, SessionConfig, SessionKeeper, queries};
 use chrono::{DateTime, Utc};
 
-use crate::common::{self, eventually};
+use test_support::eventually;
+
+use crate::common;
 
 fn no_keepalive(interval: Duration) -> SessionConfig {
     SessionConfig {
@@ -54,7 +56,7 @@ async fn expired_session_is_refused_forever() {
     common::provided_machine(&session, "1").await;
 
     let started = std::time::Instant::now();
-    eventually(Duration::from_secs(10), "session to expire", || async {
+    eventually(Duration::from_secs(10), || async {
         matches!(
             session
                 .transact(|tx| Box::pin(async move { queries::new_machine(tx).await }))
@@ -62,7 +64,8 @@ async fn expired_session_is_refused_forever() {
             Err(Error::SessionExpired)
         )
     })
-    .await;
+    .await
+    .expect("session to expire");
     // Not before its deadline (the session was created just before `started`).
     assert!(
         started.elapsed() > Duration::from_millis(500),
@@ -94,18 +97,15 @@ async fn keepalive_outlives_the_interval() {
         .unwrap();
     let first_deadline = deadline_of(&db, &session).await;
     // Wait (on the database clock) until the original deadline is over.
-    eventually(
-        Duration::from_secs(5),
-        "original deadline to pass",
-        || async {
-            let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-                .fetch_one(db.pool())
-                .await
-                .unwrap();
-            now > first_deadline
-        },
-    )
-    .await;
+    eventually(Duration::from_secs(5), || async {
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        now > first_deadline
+    })
+    .await
+    .expect("original deadline to pass");
     assert!(deadline_of(&db, &session).await > first_deadline);
     assert!(!session.is_expired());
     common::provided_machine(&session, "still-alive").await;

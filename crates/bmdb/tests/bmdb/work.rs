@@ -6,7 +6,9 @@ use bmdb::model::WorkHistoryEvent;
 use bmdb::{Backoff, Error, Process, Provider, Session, Work, queries};
 use uuid::Uuid;
 
-use crate::common::{self, eventually};
+use test_support::eventually;
+
+use crate::common;
 
 /// Work on exactly `machine`, whatever its state (the conflict tests).
 async fn work_on(session: &Session, process: Process, machine: Uuid) -> Result<Work, Error> {
@@ -236,20 +238,15 @@ async fn work_hidden_while_backed_off() {
         Err(Error::NothingToDo)
     ));
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let w = loop {
+    let w = eventually(Duration::from_secs(5), async || {
         match work_agent_start(&s).await {
-            Ok(work) => break work,
-            Err(Error::NothingToDo) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "backoff never expired"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            Err(Error::NothingToDo) => Err("nothing to do: the machine is still backed off"),
             Err(e) => panic!("{e}"),
+            Ok(work) => Ok(work),
         }
-    };
+    })
+    .await
+    .expect("the backoff expires");
     let waited = failed_at.elapsed();
     assert!(
         waited >= Duration::from_millis(900),
@@ -264,17 +261,12 @@ async fn dropped_work_is_cancelled() {
     let s = db.start_session().await.unwrap();
     let machine = common::provided_machine(&s, "1").await;
     drop(work_on(&s, Process::UnitTest1, machine).await.unwrap());
-    eventually(
-        Duration::from_secs(5),
-        "dropped work to be cancelled",
-        || {
+    eventually(Duration::from_secs(5), || {
             let s = s.clone();
             async move {
                 history(&s, machine).await.last().map(|h| h.0) == Some(WorkHistoryEvent::Canceled)
             }
-        },
-    )
-    .await;
+        }).await.expect("dropped work to be cancelled");
     work_on(&s, Process::UnitTest1, machine)
         .await
         .unwrap()

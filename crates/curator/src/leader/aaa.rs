@@ -1,4 +1,4 @@
-//! AAA service of the leader: Escrow, i.e. taking ownership (spec 4.9).
+//! AAA service of the leader: Escrow, i.e. taking ownership.
 //!
 //! The only identity is `owner` and its only proof is REFRESH_CERTIFICATE: the caller
 //! connects with a self-signed certificate of the owner key given at bootstrap and asks for a
@@ -83,7 +83,10 @@ async fn escrow(
             "certificates can only be escrowed for the key the connection was made with",
         ));
     }
-    // Spec 4.9: a missing or unreadable initial owner is FailedPrecondition, not the store
+    // The caller is unauthenticated until its key is the owner's: it takes its turn among
+    // the others for the check (see `Leader::admit_unauthenticated`).
+    let turn = leader.admit_unauthenticated().await?;
+    // As upstream: a missing or unreadable initial owner is FailedPrecondition, not the store
     // error it would otherwise map to.
     let owner = match cluster::initial_owner(&leader.leadership).await {
         Ok(Some(owner)) => owner,
@@ -100,6 +103,7 @@ async fn escrow(
             "this key is not the cluster owner's key",
         ));
     }
+    drop(turn);
     let certificate = pki::ensure_owner_certificate(leader.ns(), &requested).await?;
     tracing::info!("owner certificate escrowed");
     Ok(vec![Ok(EscrowFromServer {

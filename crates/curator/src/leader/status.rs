@@ -1,7 +1,7 @@
-//! The one place where state-layer errors become gRPC statuses, with the codes spec 4 gives.
-//! Handlers use it through `?`; where an RPC's spec asks for a different code for the same
-//! condition (Escrow's missing owner, IssueCertificate's "every failure is Unavailable"), the
-//! handler maps that case itself before it gets here.
+//! The one place where state-layer errors become gRPC statuses, with the codes upstream's curator
+//! returns. Handlers use it through `?`; where an RPC needs a different code for the same condition
+//! (Escrow's missing owner, IssueCertificate's "every failure is Unavailable"), the handler maps
+//! that case itself before it gets here.
 
 use tonic::Status;
 
@@ -17,9 +17,9 @@ impl From<StateError> for Status {
             StateError::Corrupt { .. } => Status::unavailable(message),
             StateError::InvalidArgument(_) => Status::invalid_argument(message),
             StateError::InvalidTransition { .. } => Status::failed_precondition(message),
-            // Spec 4.9 RegisterNode: "already exists, state X" is FailedPrecondition.
+            // RegisterNode: "already exists, state X" is FailedPrecondition, as upstream.
             StateError::NodeExists { .. } => Status::failed_precondition(message),
-            // As for a WireGuard key used by another node (spec 4.9): the request carries a
+            // As for a WireGuard key used by another node: the request carries a
             // key it may not use.
             StateError::JoinKeyInUse { .. } => Status::invalid_argument(message),
             StateError::CertificateKeyMismatch { .. } => Status::failed_precondition(message),
@@ -28,7 +28,7 @@ impl From<StateError> for Status {
                 Status::failed_precondition(message)
             }
             StateError::Policy(PolicyError::InvalidConfiguration(_)) => Status::internal(message),
-            // Spec 4.1: the guard failing is Unavailable "lost leadership"; clients re-resolve
+            // As upstream: the guard failing is Unavailable "lost leadership"; clients re-resolve
             // the leader and retry.
             StateError::LostLeadership => Status::unavailable(message),
             StateError::Unavailable(_) => Status::unavailable(message),

@@ -1,5 +1,5 @@
 //! Cluster-wide values: the register ticket, the initial owner key and the cluster
-//! configuration with its policy rules (spec 4.5).
+//! configuration with its policy rules.
 
 use kv::etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use prost::Message;
@@ -21,7 +21,7 @@ pub const CONFIGURATION_KEY: &str = "/cluster/configuration";
 /// Random bytes in a register ticket.
 const TICKET_BYTES: usize = 32;
 
-/// What the cluster policy (spec 4.5) refuses.
+/// What the cluster policy refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     /// The cluster requires a TPM and the node has none.
@@ -47,6 +47,12 @@ fn new_ticket() -> Result<Vec<u8>, StateError> {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut opaque)
         .map_err(|_| StateError::Internal("no randomness for the register ticket".into()))?;
     Ok(RegisterTicket { opaque }.encode_to_vec())
+}
+
+/// The register ticket, if one was ever issued. A plain read: what RegisterNode compares
+/// with, so an unauthenticated caller costs one read and never a write.
+pub async fn register_ticket(l: &Leadership) -> Result<Option<Vec<u8>>, StateError> {
+    l.get(REGISTER_TICKET_KEY).await
 }
 
 /// The register ticket, created on first use. The creation is conditional on there being no
@@ -106,7 +112,7 @@ pub async fn configuration(l: &Leadership) -> Result<ClusterConfiguration, State
     Ok(config)
 }
 
-/// Writes the initial cluster state (spec 4.10) into a fresh keyspace, without leadership (no
+/// Writes the initial cluster state into a fresh keyspace, without leadership (no
 /// curator runs yet): the first node's record (UP: nobody is there to approve it) and its
 /// join-key index entry, the initial owner and the configuration, in one transaction that
 /// only runs if none of them exists. Returns whether it wrote anything; a re-run after a crash
@@ -165,7 +171,7 @@ pub fn default_configuration() -> ClusterConfiguration {
     }
 }
 
-/// Rejects invalid enum values (spec 4.5).
+/// Rejects invalid enum values.
 pub fn validate_configuration(c: &ClusterConfiguration) -> Result<(), String> {
     match TpmMode::try_from(c.tpm_mode) {
         Ok(TpmMode::Invalid) | Err(_) => return Err(format!("invalid TPM mode {}", c.tpm_mode)),

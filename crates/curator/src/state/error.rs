@@ -1,6 +1,6 @@
 //! [`StateError`]: what can go wrong reading or changing the cluster state, said in the
 //! state's own terms. Which gRPC code a caller sees is decided by the service layer
-//! (`crate::leader::status`), per RPC where the spec asks for it.
+//! (`crate::leader::status`), per RPC where upstream uses another code.
 
 use proto::common::NodeState;
 

@@ -1,5 +1,5 @@
 //! Guarded transactions: every read and write a leader makes is an etcd transaction under
-//! `CreateRevision(lock key) == lock revision` (spec 4.1), so a curator that has lost the
+//! `CreateRevision(lock key) == lock revision`, so a curator that has lost the
 //! election can neither write nor serve stale reads. Only the state layer calls these.
 //!
 //! [`Leadership::txn_if`] nests a conditional transaction inside the guard. That is how the

@@ -1,4 +1,4 @@
-//! The Kubernetes PKI (spec 4.9, IssueCertificate): a managed CA `id-ca` ("Metropolis
+//! The Kubernetes PKI (behind IssueCertificate): a managed CA `id-ca` ("Metropolis
 //! Kubernetes ID CA") in namespace `/kube-pki/` of the `namespaced:kubernetes/` keyspace,
 //! separate from the cluster CA, and the certificates a KubernetesWorker node's components
 //! need.
@@ -11,12 +11,12 @@
 //! first key they were issued for: the same keys get the same certificates back, other keys
 //! are refused ([`StateError::CertificateKeyMismatch`]).
 //!
-//! Deviation: upstream client certificates also carry an Organization (`system:nodes` for
-//! the kubelet, which Kubernetes' Node authorizer uses as the group; `metropolis:csi-
-//! provisioner`, `metropolis:netservices`). `identity::templates::CertificateTemplate` has no
-//! Organization field and the pki crate builds every certificate from that template, so
-//! these certificates have a CommonName only. Nothing runs Kubernetes here (spec 11); adding
-//! `organizations` to the template would fix it without touching this module's logic.
+//! Deviation: upstream client certificates also carry an Organization (`system:nodes` for the
+//! kubelet, which Kubernetes' Node authorizer uses as the group; `metropolis:csi- provisioner`,
+//! `metropolis:netservices`). `identity::templates::CertificateTemplate` has no Organization field
+//! and the pki crate builds every certificate from that template, so these certificates have a
+//! CommonName only. Nothing runs Kubernetes here (nodes emulate it); adding `organizations` to the
+//! template would fix it without touching this module's logic.
 
 use std::sync::Arc;
 

@@ -1,4 +1,4 @@
-//! The node lifecycle (spec 4.6): the one table of state transitions a node record may make.
+//! The node lifecycle: the one table of state transitions a node record may make.
 //! [`super::node::create`] and [`super::node::set_state`] check every write against it, and
 //! nothing else in the curator sets a node's state, so a handler bug cannot move a node
 //! along an edge that is not listed here.
@@ -92,7 +92,7 @@ mod tests {
         NodeState::Decommissioning,
     ];
 
-    /// Every (from, to) pair over all states and absence: exactly the spec's lifecycle plus
+    /// Every (from, to) pair over all states and absence: exactly upstream's lifecycle plus
     /// our decommissioning states are allowed.
     #[test]
     fn transition_table() {

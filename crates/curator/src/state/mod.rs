@@ -1,4 +1,4 @@
-//! The curator's domain layer: the cluster state it keeps in etcd (spec 4.3) and the rules
+//! The curator's domain layer: the cluster state it keeps in etcd and the rules
 //! that keep it consistent. Every read and write of a record or an index goes through here —
 //! node records with their join-key index ([`node`]), the register ticket, the initial owner
 //! and the cluster configuration ([`cluster`]), the cluster and Kubernetes PKIs ([`pki`],
@@ -11,7 +11,7 @@
 //! directly.
 //!
 //! Errors are [`StateError`]s, in the state's own terms. The service handlers choose the gRPC
-//! status for them (`crate::leader::status`), per RPC where the spec asks for it.
+//! status for them (`crate::leader::status`), per RPC where upstream uses another code.
 
 pub mod cluster;
 mod error;

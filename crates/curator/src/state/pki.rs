@@ -1,4 +1,4 @@
-//! The cluster PKI (spec 1.3): the cluster CA (managed, `cluster-ca` in `/cluster-pki/`), node
+//! The cluster PKI: the cluster CA (managed, `cluster-ca` in `/cluster-pki/`), node
 //! certificates (`node-<id>`, external) and the owner certificate (`owner`, external).
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Bringing a cluster up as upstream's harness does (spec 10): bootstrap node 0, take
+//! Bringing a cluster up as upstream's harness does: bootstrap node 0, take
 //! ownership, register and approve the other nodes, and add consensus members one at a time.
 
 use super::*;
@@ -148,11 +148,12 @@ impl Cluster {
             state_dir.display()
         );
 
+        let crl = ClusterCrl::new(ownership.ca_certificate.clone());
         let leader = leader_channel(
             &launch.nodes[..1],
             &owner_key,
             &ownership.owner_certificate,
-            &ownership.ca_certificate,
+            &crl,
         )?;
         let cluster = Cluster {
             options: launch.options.clone(),
@@ -163,6 +164,7 @@ impl Cluster {
             owner_key,
             owner_certificate: ownership.owner_certificate,
             ca_certificate: ownership.ca_certificate,
+            crl,
             leader: Mutex::new(leader),
             removed: Mutex::new(HashSet::new()),
         };

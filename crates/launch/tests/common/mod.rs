@@ -1,6 +1,6 @@
 //! Shared pieces of the end-to-end tests: logging, timings, options, and the data-at-rest
 //! scanner. Each `e2e_*.rs` file is its own test binary (nextest runs them in parallel), each
-//! cluster in its own 127.88.x.0/24 block.
+//! cluster in a loopback block of its own (`test_support::LoopbackBlock`).
 //!
 //! The node binary is not built by `cargo nextest run -p launch`: build it first with
 //! `cargo build -p node` (tests find `target/debug/metropolis-node`, or $METROPOLIS_NODE_BIN).
@@ -9,11 +9,13 @@
 
 #![allow(dead_code)] // Not every test binary uses every helper.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use launch::proto::api::GetClusterInfoResponse;
 use launch::{Cluster, ClusterOptions, Management};
+use test_support::fs::files_below_except;
+use test_support::{LoopbackBlock, eventually};
 use tokio::time::Instant;
 
 /// Upstream's 60 s for the cluster directory and for rejoins, doubled for loaded 2-core CI.
@@ -25,14 +27,7 @@ pub const GONE: Duration = Duration::from_secs(120);
 
 /// Logs of the harness itself (not the nodes') to the test's captured stderr.
 pub fn init() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("launch=info")),
-        )
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
+    test_support::logging::init_with("launch=info");
 }
 
 /// Prints how long each step took (shown by nextest for failing tests, or with
@@ -62,8 +57,9 @@ impl Clock {
     }
 }
 
-pub fn options(nodes: usize, block: &str) -> ClusterOptions {
-    ClusterOptions::new(nodes, block)
+/// `nodes` nodes in `block`, which the test keeps until the cluster is gone.
+pub fn options(nodes: usize, block: &LoopbackBlock) -> ClusterOptions {
+    ClusterOptions::new(nodes, &block.prefix())
 }
 
 /// Starts a cluster or fails the test with the launcher's explanation.
@@ -82,61 +78,23 @@ pub async fn wait_directory(
 ) -> GetClusterInfoResponse {
     let mut want: Vec<String> = addresses.to_vec();
     want.sort();
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match management.cluster_info().await {
-            Ok(info) => {
-                let mut got: Vec<String> = info
-                    .cluster_directory
-                    .iter()
-                    .flat_map(|d| d.nodes.iter())
-                    .flat_map(|n| n.addresses.iter().map(|a| a.host.clone()))
-                    .collect();
-                got.sort();
-                if got == want {
-                    return info;
-                }
-                format!("{got:?}")
-            }
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "cluster directory did not list {want:?} within {timeout:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Every regular file below `dir`.
-pub fn files_below(dir: &Path) -> Vec<PathBuf> {
-    files_below_except(dir, None)
-}
-
-/// Every regular file below `dir`, except below `skip`.
-pub fn files_below_except(dir: &Path, skip: Option<&Path>) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        if skip.is_some_and(|s| dir == s) {
-            continue;
+    eventually(timeout, async || {
+        let info = management.cluster_info().await.map_err(|e| e.to_string())?;
+        let mut got: Vec<String> = info
+            .cluster_directory
+            .iter()
+            .flat_map(|d| d.nodes.iter())
+            .flat_map(|n| n.addresses.iter().map(|a| a.host.clone()))
+            .collect();
+        got.sort();
+        if got == want {
+            Ok(info)
+        } else {
+            Err(format!("{got:?}"))
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                stack.push(entry.path());
-            } else if kind.is_file() {
-                out.push(entry.path());
-            }
-        }
-    }
-    out.sort();
-    out
+    })
+    .await
+    .unwrap_or_else(|e| panic!("cluster directory did not list {want:?}: {e}"))
 }
 
 /// DER of an Ed25519 private key inside PKCS#8 (v1 and v2): the algorithm OID 1.3.101.112
@@ -227,26 +185,4 @@ pub fn scan_for_secrets(dir: &Path, skip: Option<&Path>, scan: &Scan) -> (usize,
 /// The 32 bytes of a public key from an api.Node.
 pub fn key_bytes(pubkey: &[u8]) -> [u8; 32] {
     pubkey.try_into().expect("node public keys are 32 bytes")
-}
-
-/// Retries `f` until it succeeds or `timeout` passes, like upstream's `util.TestEventual`: for
-/// operations the cluster refuses while it settles (etcd refuses member removal until every
-/// peer has been connected for a few seconds after a restart).
-pub async fn eventually<T, E, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f().await {
-            Ok(value) => return value,
-            Err(e) if Instant::now() < deadline => {
-                tracing::info!("{what}: not yet: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => panic!("{what}: still failing after {timeout:?}: {e}"),
-        }
-    }
 }

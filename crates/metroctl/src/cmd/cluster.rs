@@ -99,8 +99,8 @@ async fn cluster_info(session: &Session) -> Result<GetClusterInfoResponse> {
         .await
 }
 
-/// `(node ID, addresses)` of each directory entry (ID from the HEAD `id` field, else derived
-/// from the baseline's public key).
+/// `(node ID, addresses)` of each directory entry (ID from the `id` field later upstream Monogon
+/// added, else derived from the baseline's public key).
 fn directory_entries(dir: Option<&ClusterDirectory>) -> Vec<(String, Vec<String>)> {
     dir.map(|d| {
         d.nodes

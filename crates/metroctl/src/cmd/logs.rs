@@ -66,7 +66,7 @@ pub async fn run(env: &Env, id: &str, opts: Options) -> Result<()> {
     out.write("=== Done.\n")
 }
 
-/// The Logs request for these flags (spec 7.1): backlog -1 = all, 0 = none, N = newest N;
+/// The Logs request for these flags: backlog -1 = all, 0 = none, N = newest N;
 /// not exact = with children; follow = unbuffered stream.
 pub fn request(opts: &Options) -> Result<GetLogsRequest> {
     if !opts.dn.is_empty() {

@@ -110,7 +110,7 @@ fn no_certificate(last: Option<&EscrowFromServer>) -> Error {
     }
 }
 
-/// Escrow's codes (spec 4.9) as advice.
+/// Escrow's status codes as advice.
 fn escrow_error(status: &Status, key_path: &str) -> Error {
     match status.code() {
         Code::PermissionDenied => Error::refused(format!(

@@ -1,6 +1,6 @@
 //! Shared pieces of metroctl's end-to-end tests: every test drives the real `metroctl`
 //! binary against a cluster of real `metropolis-node` processes started by `launch::Cluster`,
-//! each test file in its own 127.89.x.0/24 block.
+//! each cluster in a loopback block of its own (`test_support::LoopbackBlock`).
 //!
 //! The node binary is not built by `cargo nextest run -p metroctl`: build it first with
 //! `cargo build -p node` (launch finds `target/debug/metropolis-node`, or
@@ -13,19 +13,20 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use launch::{Cluster, ClusterOptions};
+use test_support::{LoopbackBlock, eventually};
 use tokio::process::Command;
-use tokio::time::Instant;
 
 /// Upstream's e2e timings doubled (loaded 2-core machines), as launch's own tests.
 pub const ENROLMENT: Duration = Duration::from_secs(120);
 pub const HEALTH: Duration = Duration::from_secs(40);
 pub const GONE: Duration = Duration::from_secs(120);
 
-/// Starts a cluster or fails the test with the launcher's explanation.
-pub async fn start(nodes: usize, block: &str) -> Cluster {
-    match Cluster::start(ClusterOptions::new(nodes, block)).await {
+/// Starts a cluster in `block` (which the test keeps until the cluster is gone) or fails the
+/// test with the launcher's explanation.
+pub async fn start(nodes: usize, block: &LoopbackBlock) -> Cluster {
+    match Cluster::start(ClusterOptions::new(nodes, &block.prefix())).await {
         Ok(cluster) => cluster,
-        Err(e) => panic!("launching the cluster on {block}.0/24 failed: {e}"),
+        Err(e) => panic!("launching the cluster on {block} failed: {e}"),
     }
 }
 
@@ -190,18 +191,12 @@ impl Metroctl {
         timeout: Duration,
         check: impl Fn(&Run) -> bool,
     ) -> Run {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(timeout, async || {
             let run = self.run(args).await;
-            if check(&run) {
-                return run;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "metroctl {args:?} did not give the expected result within {timeout:?}; last:\n{run}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            if check(&run) { Ok(run) } else { Err(run) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("metroctl {args:?} did not give the expected result: {e}"))
     }
 }
 

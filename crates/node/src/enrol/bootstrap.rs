@@ -1,4 +1,4 @@
-//! Bootstrap (spec 5.2): the first node of a new cluster.
+//! Bootstrap: the first node of a new cluster.
 //!
 //! [`plan`] checks the parameters and prepares keys: the cluster configuration (upstream's
 //! defaults if none is given), the node's TPM usage (there is no TPM, so a configuration with
@@ -106,12 +106,14 @@ pub async fn run(rs: &Roleserve) -> Result<(), Exit> {
         .esp
         .write_cluster_directory(&directory)
         .map_err(fatal("cannot write the cluster directory"))?;
+    let crl = rpc::ClusterCrl::new(creds.ca().to_vec());
     let membership = Membership::new(
-        env,
+        rs,
         creds,
         data,
         plan.join_key.clone(),
         vec![env.curator_endpoint()],
+        crl,
     )
     .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
     rs.set_membership(membership);

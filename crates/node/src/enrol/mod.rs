@@ -1,4 +1,4 @@
-//! Enrolment (spec 5.1-5.4): the node's `root` runnable decides, once per process, how it
+//! Enrolment: the node's `root` runnable decides, once per process, how it
 //! becomes a member, and then starts the roleserve workers (`root.role`).
 //!
 //! * A sealed configuration on the ESP: **join** ([`join`]), on every boot after the first.

@@ -1,4 +1,4 @@
-//! Logs: the NodeManagement service with its Logs RPC over the node's logtree (spec 7.1),
+//! Logs: the NodeManagement service with its Logs RPC over the node's logtree,
 //! the request validation and entry conversion behind it ([`query`]), and the printer that
 //! copies every logtree entry to stdout ([`printer`]).
 

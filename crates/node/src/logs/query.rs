@@ -1,4 +1,4 @@
-//! Validation of a GetLogsRequest into a logtree read (spec 7.1), and conversion of logtree
+//! Validation of a GetLogsRequest into a logtree read, and conversion of logtree
 //! entries to their protobuf form.
 //!
 //! Rules: more than [`MAX_FILTERS`] filters, a DN with an empty component, backlog mode

@@ -1,4 +1,4 @@
-//! [`NodeManagementService`]: Logs over the node's logtree (spec 7.1) and UpdateNode, which
+//! [`NodeManagementService`]: Logs over the node's logtree and UpdateNode, which
 //! is not emulated (yet).
 //!
 //! Logs sends the backlog (newest N or all matching entries, oldest first) in messages of at

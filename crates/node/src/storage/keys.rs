@@ -1,4 +1,4 @@
-//! The two halves of the data key (spec 5.5): the node unlock key (NUK, kept on the ESP in the
+//! The two halves of the data key: the node unlock key (NUK, kept on the ESP in the
 //! sealed configuration) and the cluster unlock key (CUK, kept only by the cluster in the
 //! node's record and returned by JoinNode). The data key is NUK ⊕ CUK, so neither the ESP nor
 //! the cluster alone can read the node's data.

@@ -1,4 +1,4 @@
-//! Local storage of a node (spec 5.1, 5.5, 11): the ESP directory with the parameters, the
+//! Local storage of a node: the ESP directory with the parameters, the
 //! sealed configuration and the cluster directory ([`esp`]), and the data directory whose files
 //! are encrypted at rest with NUK ⊕ CUK ([`data`], [`crypt`], [`keys`]), with the typed
 //! contents the node keeps there ([`contents`]).

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use identity::{PublicKey, SigningKey};
 use kv::Namespaced;
-use kv::testing::TestEtcd;
 use pki::Certificate;
+use test_support::etcd::TestEtcd;
 
 /// A fresh etcd and its `namespaced:curator/` keyspace, where the cluster PKI lives.
 pub async fn curator() -> (TestEtcd, Namespaced) {

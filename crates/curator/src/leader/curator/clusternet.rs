@@ -1,4 +1,4 @@
-//! UpdateNodeClusterNetworking (spec 4.9): a node announces its WireGuard key and the
+//! UpdateNodeClusterNetworking: a node announces its WireGuard key and the
 //! prefixes it routes, which other nodes pick up through Watch to build the mesh.
 //!
 //! Upstream keeps a leader-local key→node cache; we scan all records instead (one range read

@@ -1,4 +1,4 @@
-//! IssueCertificate (spec 4.9): the certificates a KubernetesWorker node's components need,
+//! IssueCertificate: the certificates a KubernetesWorker node's components need,
 //! from the Kubernetes PKI ([`crate::state::kube_pki`]).
 
 use identity::PublicKey;

@@ -1,5 +1,6 @@
-//! GetConsensusStatus ([HEAD]): the etcd members and whether each is a learner, so operators
-//! (and the HA tests) can wait for a new consensus member to be promoted.
+//! GetConsensusStatus (later upstream Monogon, not in the 8456ddf0 baseline): the etcd members and
+//! whether each is a learner, so operators (and the HA tests) can wait for a new consensus member
+//! to be promoted.
 
 use proto::curator_api::GetConsensusStatusResponse;
 use proto::curator_api::get_consensus_status_response::EtcdMember;

@@ -77,7 +77,8 @@ fn directory(nodes: &[NodeRecord]) -> ClusterDirectory {
                         host: s.external_address.clone(),
                     })
                     .collect(),
-                // [HEAD] field; harmless for baseline clients, which skip it.
+                // A field of later upstream Monogon (not in the 8456ddf0 baseline); harmless for
+                // baseline clients, which skip it.
                 id: n.id.clone(),
             })
             .collect(),

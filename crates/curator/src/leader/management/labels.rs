@@ -1,5 +1,6 @@
-//! UpdateNodeLabels ([HEAD], spec 4.8): upserts and deletes a node's labels, in any node
-//! state, under the rules of the `labels` crate (the same ones RegisterNode and metroctl use).
+//! UpdateNodeLabels (later upstream Monogon, not in the 8456ddf0 baseline): upserts and deletes a
+//! node's labels, in any node state, under the rules of the `labels` crate (the same ones
+//! RegisterNode and metroctl use).
 
 use proto::api::{self, UpdateNodeLabelsRequest, UpdateNodeLabelsResponse};
 use proto::common::NodeLabels;

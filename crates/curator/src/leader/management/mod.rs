@@ -1,9 +1,9 @@
-//! Management service of the leader (spec 4.8): what a cluster manager (the owner, through
+//! Management service of the leader: what a cluster manager (the owner, through
 //! metroctl) calls to admit nodes, read the cluster, assign roles and labels and remove
 //! nodes. One submodule per concern: `cluster` (register ticket, cluster info), `nodes`
 //! (listing, approval, decommissioning, deletion), `roles` and `labels`.
 //!
-//! Permissions are enforced by the authorization layer before a handler runs (spec 3); the
+//! Permissions are enforced by the authorization layer before a handler runs; the
 //! handlers check the RPC's preconditions and leave every record access to the state layer.
 //! Read-modify-write sequences on node records hold `nodes_lock` (upstream `muNodes`) so
 //! concurrent calls cannot interleave. Where this implementation goes beyond upstream (ticket

@@ -1,7 +1,7 @@
-//! UpdateNodeRoles (spec 4.8): assigning and removing ConsensusMember, KubernetesController
-//! and KubernetesWorker, including the etcd membership changes ConsensusMember needs (ours
-//! beyond the baseline, as spec HEAD: adding makes the node an etcd learner, removing removes
-//! its member).
+//! UpdateNodeRoles: assigning and removing ConsensusMember, KubernetesController and
+//! KubernetesWorker, including the etcd membership changes ConsensusMember needs (ours beyond the
+//! baseline, as later upstream Monogon: adding makes the node an etcd learner, removing removes its
+//! member).
 
 use proto::api::{self, UpdateNodeRolesRequest, UpdateNodeRolesResponse};
 use proto::common::NodeRoles;
@@ -50,8 +50,8 @@ async fn apply_role_change(
     let id = record.id.clone();
     let mut roles = record.roles();
     // The leader's own member is removed only after the record is saved: removing it
-    // stops the leader's etcd, so a save afterwards could not succeed (spec HEAD removes
-    // first, which is right for every other node: a failed removal keeps the role).
+    // stops the leader's etcd, so a save afterwards could not succeed (later upstream
+    // Monogon removes first, which is right for every other node: a failed removal keeps the role).
     let own_removal = delta.consensus == Some(false) && id == leader.credentials.node_id();
     let mut added_member = false;
     match delta.consensus {
@@ -124,7 +124,7 @@ async fn add_member(leader: &Leader, record: &NodeRecord) -> Result<ConsensusMem
 async fn remove_member(leader: &Leader, record: &NodeRecord) -> Result<(), Status> {
     leader
         .consensus
-        .remove_node(&record.id, reported_address(record))
+        .remove_node(&record.id)
         .await
         .map(|_| ())
         .map_err(|e| consensus_status(&record.id, e))
@@ -160,7 +160,7 @@ impl RoleDelta {
     }
 }
 
-/// The preconditions of UpdateNodeRoles (spec 4.8), on the request as given (so removing
+/// The preconditions of UpdateNodeRoles, on the request as given (so removing
 /// ConsensusMember and KubernetesController in one request fails, as upstream).
 fn check_role_change(
     record: &NodeRecord,
@@ -218,11 +218,15 @@ fn no_address(record: &NodeRecord) -> Status {
 /// Maps a consensus membership failure.
 fn consensus_status(id: &str, e: consensus::Error) -> Status {
     match e {
-        // Spec HEAD says Unavailable, but retrying cannot help: the cluster first needs more
-        // healthy voters. FailedPrecondition tells the caller to change something.
+        // Later upstream Monogon says Unavailable, but retrying cannot help: the cluster first
+        // needs more healthy voters. FailedPrecondition tells the caller to change something.
         consensus::Error::QuorumWouldBreak { reason, .. } => Status::failed_precondition(format!(
             "removing the etcd member of node {id} would break etcd quorum ({reason}); add or repair \
              ConsensusMember nodes first"
+        )),
+        consensus::Error::PeerUrlInUse { url, member, .. } => Status::failed_precondition(format!(
+            "node {id} reports the address of etcd peer URL {url}, which is etcd member {member}'s; \
+             the node must report its own address before it can become a ConsensusMember"
         )),
         consensus::Error::Etcd(e) if e.to_string().contains("too many learner") => {
             Status::unavailable(format!(

@@ -1,4 +1,4 @@
-//! Child-process plumbing for test etcd members: keeping the tail of stderr for error messages.
+//! The tail of a test etcd member's stderr, kept for the message of a failed start.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,7 +25,7 @@ impl Tail {
         tokio::spawn(async move {
             let mut lines = BufReader::new(pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(target: "kv::testing", etcd = %name, "{line}");
+                tracing::debug!(target: "test_support::etcd", etcd = %name, "{line}");
                 tail.push(line);
             }
         })

@@ -5,7 +5,7 @@
 //! parallel. The member dies with its [`TestEtcd`] and, through PR_SET_PDEATHSIG, with the
 //! test process even if that is killed.
 
-mod process;
+mod tail;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,11 +17,26 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::connect::connect_unix;
-use crate::error::{Error, Result};
-use crate::namespaced::Namespaced;
-use crate::process::set_parent_death_signal;
-use process::Tail;
+use kv::process::set_parent_death_signal;
+use kv::{Namespaced, connect_unix};
+use tail::Tail;
+
+/// Result alias of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a test etcd could not be started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The member did not start.
+    #[error("test etcd failed to start: {reason}\n--- last lines of etcd's stderr ---\n{stderr}")]
+    Start {
+        /// What went wrong.
+        reason: String,
+        /// The tail of etcd's stderr at the time.
+        stderr: String,
+    },
+}
 
 /// File name of the client socket. etcd 3.4 insists on `host:port` even in unix URLs, so
 /// `unix://client.sock:0`, resolved against the working directory, creates this file.
@@ -65,7 +80,7 @@ impl TestEtcd {
         let mut attempt = 1;
         loop {
             match Self::start_once(extra_args).await {
-                Err(Error::TestEtcd { stderr, .. })
+                Err(Error::Start { stderr, .. })
                     if attempt < START_ATTEMPTS && stderr.contains("address already in use") =>
                 {
                     attempt += 1;
@@ -76,7 +91,7 @@ impl TestEtcd {
     }
 
     async fn start_once(extra_args: &[&str]) -> Result<Self> {
-        let fail = |reason: String| Error::TestEtcd {
+        let fail = |reason: String| Error::Start {
             reason,
             stderr: String::new(),
         };
@@ -159,7 +174,7 @@ impl TestEtcd {
                 if let Some(reader) = reader {
                     let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
                 }
-                Err(Error::TestEtcd {
+                Err(Error::Start {
                     reason,
                     stderr: stderr.text(),
                 })
@@ -178,11 +193,11 @@ impl TestEtcd {
     }
 
     /// The namespace `namespaced:<part>/` of the member.
-    pub fn namespaced(&self, part: &str) -> Result<Namespaced> {
+    pub fn namespaced(&self, part: &str) -> kv::Result<Namespaced> {
         self.root().sub(part)
     }
 
-    /// The client unix socket, for [`crate::connect_unix`] or `etcdctl --endpoints unix://…`.
+    /// The client unix socket, for [`kv::connect_unix`] or `etcdctl --endpoints unix://…`.
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
@@ -256,7 +271,7 @@ async fn wait_ready(child: &mut Child, socket: &Path) -> std::result::Result<Cli
     }
 }
 
-async fn probe(socket: &Path) -> Result<Client> {
+async fn probe(socket: &Path) -> kv::Result<Client> {
     let mut client = connect_unix(socket).await?;
     client.status().await?;
     Ok(client)
@@ -268,30 +283,6 @@ fn free_port() -> std::result::Result<u16, String> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("cannot pick a free port: {e}"))
-}
-
-/// Waits until process `pid` has exited: its /proc entry is gone or it is a zombie (an orphan
-/// is reparented to init, which reaps it in its own time). Used by tests proving that no etcd
-/// outlives a killed parent.
-pub async fn wait_until_dead(pid: u32, timeout: Duration) -> std::result::Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .map(str::trim_start)
-            .and_then(|s| s.chars().next());
-        if state.is_none_or(|s| s == 'Z') {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "process {pid} still alive after {timeout:?} (state {state:?})"
-            ));
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
 }
 
 #[cfg(test)]

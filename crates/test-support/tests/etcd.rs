@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kv::testing::{SOCKET_NAME, TestEtcd};
+use test_support::etcd::{SOCKET_NAME, TestEtcd};
+use test_support::eventually;
 
 #[tokio::test]
 async fn layout_and_identity() {
@@ -49,14 +50,11 @@ async fn drop_kills_etcd_and_removes_its_directory() {
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     drop(etcd);
     // Drop reaps the process, so its /proc entry is gone, not a zombie's.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "etcd {pid} still exists"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("etcd {pid} still exists: {e}"));
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
@@ -101,7 +99,7 @@ async fn etcd_dies_with_a_killed_test_process() {
     holder.kill().expect("kill helper");
     holder.wait().expect("reap helper");
     let pid: u32 = pid.parse().expect("pid");
-    kv::testing::wait_until_dead(pid, Duration::from_secs(10))
+    test_support::process::wait_until_dead(pid, Duration::from_secs(10))
         .await
         .expect("etcd must die with its killed parent");
     // The killed helper could not clean up after itself.
