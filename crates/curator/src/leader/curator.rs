@@ -21,6 +21,7 @@ mod kube_pki;
 mod lifecycle;
 mod membership;
 mod register;
+mod revocations;
 mod watch;
 
 /// The Curator service.
@@ -116,6 +117,15 @@ impl Curator for CuratorService {
         _request: Request<api::GetConsensusStatusRequest>,
     ) -> Result<Response<api::GetConsensusStatusResponse>, Status> {
         membership::get_consensus_status(&self.0)
+            .await
+            .map(Response::new)
+    }
+
+    async fn watch_revocations(
+        &self,
+        _request: Request<api::WatchRevocationsRequest>,
+    ) -> Result<Response<BoxStream<api::WatchRevocationsEvent>>, Status> {
+        revocations::watch_revocations(&self.0)
             .await
             .map(Response::new)
     }
