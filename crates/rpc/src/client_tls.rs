@@ -182,6 +182,10 @@ pub fn client_config_presented(
         ClientCredentials::None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // A resumed TLS session skips certificate verification: a curator revoked (or found not
+    // to lead) after the first handshake would be accepted again on a reconnect. Every
+    // handshake verifies; the connections are long-lived, so the cost is small.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

@@ -10,9 +10,11 @@
 //! ConsensusMember role. A node that loses the role or is deleted keeps its address as an
 //! anonymous seed; from the first complete view on, every ID the view does not show as a
 //! consensus member is dropped (the directory a node registered with lists all UP nodes).
-//! IDs are dropped only if the other consensus members the directory lists back the leader
-//! that says so ([`super::confirm::vouched`]): a curator the node trusts on stale grounds
-//! must not be able to strike the genuine members off. A deletion also makes the node fetch
+//! Any change to the identified members (one added, one dropped, one at another address) is
+//! taken only if the other consensus members the directory lists back the leader that says so
+//! ([`super::confirm::vouched`]): a curator the node trusts on stale grounds must not be able
+//! to strike the genuine members off, point them at addresses where nobody answers (so that
+//! they cannot contradict it) or list accomplices. A deletion also makes the node fetch
 //! the cluster CRL at once: the deleted node's certificate has just been revoked.
 //!
 //! The same addresses are added to the running curator connection as candidate endpoints
@@ -112,26 +114,35 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
         if let Err(e) = m.curator.add_endpoints(endpoints) {
             tracing::warn!("cannot add curator endpoints: {e}");
         }
-        let mut changed = merge(&mut directory, &consensus_nodes);
-        let mut pruned = directory.clone();
-        let forgotten = forget_ids(&mut pruned, &members);
-        if !forgotten.is_empty() {
-            // Forgetting who the consensus members are on the leader's word alone would let
-            // a curator the node wrongly trusts lock the genuine ones out.
+        let mut proposed = directory.clone();
+        merge(&mut proposed, &consensus_nodes);
+        let forgotten = forget_ids(&mut proposed, &members);
+        let mut changed = false;
+        let altered = identity_changes(&directory, &proposed);
+        if altered.is_empty() {
+            changed = proposed != directory;
+            directory = proposed;
+        } else {
+            // Who the consensus members are, and where, decides which curators the node
+            // obeys and who vouches for them: changing that on the leader's word alone would
+            // let a curator the node wrongly trusts lock the genuine ones out (strike them
+            // off, point them at addresses where nobody answers) or list accomplices.
             match confirm::vouched(&directory, &leader, Some(&m.node_id()), &m.crl).await {
                 Ok(()) => {
-                    tracing::info!(
-                        "cluster directory: {} no consensus member(s) (any more); their \
-                         addresses stay as seeds only",
-                        forgotten.join(", ")
-                    );
-                    directory = pruned;
+                    if !forgotten.is_empty() {
+                        tracing::info!(
+                            "cluster directory: {} no consensus member(s) (any more); their \
+                             addresses stay as seeds only",
+                            forgotten.join(", ")
+                        );
+                    }
+                    directory = proposed;
                     changed = true;
                 }
                 Err(why) => tracing::warn!(
-                    "cluster directory: keeping {} as consensus member(s) for now, although \
-                     curator {leader} says otherwise: {why}",
-                    forgotten.join(", ")
+                    "cluster directory: not taking curator {leader}'s changes to the consensus \
+                     members ({}) for now: {why}",
+                    altered.join(", ")
                 ),
             }
         }
@@ -192,6 +203,24 @@ pub fn forget_ids(directory: &mut ClusterDirectory, members: &BTreeSet<String>) 
     forgotten
 }
 
+/// The consensus members (node IDs) whose entry differs between `before` and `after`: added,
+/// dropped, or with other addresses. Entries without an ID are seeds only and never count.
+pub fn identity_changes(before: &ClusterDirectory, after: &ClusterDirectory) -> Vec<String> {
+    let identified = |d: &ClusterDirectory| -> BTreeMap<String, Vec<Address>> {
+        d.nodes
+            .iter()
+            .filter(|n| !n.id.is_empty())
+            .map(|n| (n.id.clone(), n.addresses.clone()))
+            .collect()
+    };
+    let (before, after) = (identified(before), identified(after));
+    let ids: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    ids.into_iter()
+        .filter(|id| before.get(*id) != after.get(*id))
+        .cloned()
+        .collect()
+}
+
 fn first_host(n: &Node) -> Option<&str> {
     n.addresses.first().map(|a| a.host.as_str())
 }
@@ -233,6 +262,31 @@ mod tests {
         assert!(merge(&mut d, &moved));
         assert_eq!(d.nodes[1], entry("b", "10.0.0.9"));
         assert_eq!(d.nodes.len(), 3);
+    }
+
+    #[test]
+    fn changes_to_identified_members_are_named() {
+        let before = ClusterDirectory {
+            nodes: vec![
+                entry("a", "10.0.0.1"),
+                entry("b", "10.0.0.2"),
+                entry("", "10.0.0.3"),
+            ],
+        };
+        assert!(identity_changes(&before, &before).is_empty());
+        // A genuine member pointed elsewhere, a member added, a member struck off.
+        let mut moved = before.clone();
+        moved.nodes[1] = entry("b", "192.0.2.1");
+        assert_eq!(identity_changes(&before, &moved), vec!["b".to_string()]);
+        let mut added = before.clone();
+        added.nodes.push(entry("c", "10.0.0.4"));
+        assert_eq!(identity_changes(&before, &added), vec!["c".to_string()]);
+        let mut adopted = before.clone();
+        adopted.nodes[2].id = "c".to_string();
+        assert_eq!(identity_changes(&before, &adopted), vec!["c".to_string()]);
+        let mut dropped = before.clone();
+        forget_ids(&mut dropped, &BTreeSet::from(["a".to_string()]));
+        assert_eq!(identity_changes(&before, &dropped), vec!["b".to_string()]);
     }
 
     #[test]

@@ -77,6 +77,12 @@ pub enum Order {
     LeaveConsensus,
     /// The ConsensusMember role carries another etcd peer PKI than the local one: overwrite it.
     PeerPki(ConsensusMember),
+    /// The ConsensusMember role, granted to a node without etcd state: it would join the etcd
+    /// cluster the role names and from then on take its own member for the truth, against
+    /// which every later order is confirmed. So joining is confirmed like any destructive
+    /// order: a rogue curator must not be able to make the node join an etcd cluster of the
+    /// rogue's making and then confirm its own orders through it.
+    JoinConsensus(ConsensusMember),
 }
 
 impl Order {
@@ -96,6 +102,10 @@ impl Order {
             Order::PeerPki(_) => {
                 "sent a ConsensusMember role with another etcd peer PKI (the one on disk would \
                  be overwritten)"
+            }
+            Order::JoinConsensus(_) => {
+                "granted this node the ConsensusMember role (it would join the etcd cluster the \
+                 role names)"
             }
         }
     }
@@ -133,7 +143,10 @@ fn confirms(order: &Order, observed: &Observed) -> Result<(), String> {
         (Order::Decommissioned, Observed::Absent | Observed::NotUp(_)) => true,
         (Order::Decommissioned, Observed::Record { state, .. }) => *state != NodeState::Up,
         (Order::LeaveConsensus, Observed::Record { roles, .. }) => roles.consensus_member.is_none(),
-        (Order::PeerPki(ordered), Observed::Record { roles, .. }) => roles
+        (
+            Order::PeerPki(ordered) | Order::JoinConsensus(ordered),
+            Observed::Record { roles, .. },
+        ) => roles
             .consensus_member
             .as_ref()
             .is_some_and(|held| same_peer_pki(held, ordered)),
@@ -366,7 +379,13 @@ impl<'a> Confirmer<'a> {
 
     /// Confirms the order; returns how, or why not.
     async fn check(&self, order: &Order, by: &str) -> Result<&'static str, String> {
-        if let (Some(status), Some(id)) = (self.rs.consensus_now(), &self.node_id) {
+        // A join is never confirmed by a local member: whatever runs locally is not yet part of
+        // the cluster the role names.
+        let local = match order {
+            Order::JoinConsensus(_) => None,
+            _ => self.rs.consensus_now(),
+        };
+        if let (Some(status), Some(id)) = (local, &self.node_id) {
             // Deleting the etcd data of a member the etcd cluster still counts would destroy
             // a voter, whatever the record says (the leader updates the record before it
             // removes its own member, and puts the role back if etcd refuses).

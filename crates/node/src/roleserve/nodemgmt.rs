@@ -32,6 +32,11 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
         m = rs.membership() => m,
         _ = ctx.cancelled() => return Ok(()),
     };
+    // The revocations this node already knows (the CRL it persisted) apply from the first
+    // connection on, not only once the `crl` worker has caught up.
+    for serial in m.crl.revoked_serials() {
+        rs.env.revocations.revoke_serial(&serial);
+    }
     let addr = SocketAddr::new(IpAddr::V4(rs.env.address), rpc::NODE_MANAGEMENT_PORT);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

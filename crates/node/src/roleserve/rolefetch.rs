@@ -100,10 +100,16 @@ pub fn role_change_order(
     new: &NodeRoles,
     local_state: bool,
 ) -> Option<Order> {
-    if !local_state {
-        return None;
-    }
     let held = current.and_then(|r| r.consensus_member.as_ref());
+    if !local_state {
+        // Nothing to destroy, but joining an etcd cluster makes its member this node's
+        // source of truth: confirmed unless these very roles were confirmed before.
+        return match (&new.consensus_member, held) {
+            (Some(new), Some(held)) if same_peer_pki(new, held) => None,
+            (Some(new), _) => Some(Order::JoinConsensus(new.clone())),
+            (None, _) => None,
+        };
+    }
     match (&new.consensus_member, held) {
         // Roles unknown or with the role, and now without it: the etcd data is deleted.
         (None, Some(_)) => Some(Order::LeaveConsensus),
@@ -178,9 +184,24 @@ mod tests {
             kubernetes_worker: Some(KubernetesWorker {}),
             ..NodeRoles::default()
         };
-        // Without local etcd state nothing is destroyed.
+        // Without local etcd state nothing is destroyed by losing the role...
         assert_eq!(role_change_order(Some(&member), &none, false), None);
-        assert_eq!(role_change_order(None, &other_pki, false), None);
+        assert_eq!(role_change_order(None, &none, false), None);
+        // ...but getting it makes the node join an etcd cluster, whose member it trusts from
+        // then on: that is confirmed too, unless the same role was confirmed before.
+        assert!(matches!(
+            role_change_order(None, &other_pki, false),
+            Some(Order::JoinConsensus(_))
+        ));
+        assert!(matches!(
+            role_change_order(Some(&none), &member, false),
+            Some(Order::JoinConsensus(_))
+        ));
+        assert!(matches!(
+            role_change_order(Some(&member), &other_pki, false),
+            Some(Order::JoinConsensus(_))
+        ));
+        assert_eq!(role_change_order(Some(&member), &member, false), None);
         // Losing the role, or getting roles without it while they were unknown.
         assert_eq!(
             role_change_order(Some(&member), &none, true),
