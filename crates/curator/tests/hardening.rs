@@ -737,16 +737,19 @@ fn big_labels(round: usize) -> Vec<Pair> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_watches_cannot_stall_the_leader() {
     let t = TestLeader::start().await;
-    let k = key();
-    add_node_with_key(&t, &k).await;
+    // Two watching nodes: one caller may hold only so many streams (see the next test).
+    let watchers = [key(), key()];
+    for k in &watchers {
+        add_node_with_key(&t, k).await;
+    }
     let target = key();
     add_node_with_key(&t, &target).await;
 
     // Each stream on its own connection, so that every one of them can hold its full share
     // of windows on the way.
     let mut watches = Vec::new();
-    for _ in 0..20 {
-        let mut cur = curator(t.node(&k).await);
+    for i in 0..20 {
+        let mut cur = curator(t.node(&watchers[i % 2]).await);
         let w = cur
             .watch(WatchRequest {
                 kind: Some(watch_request::Kind::NodesInCluster(Default::default())),
@@ -833,6 +836,46 @@ async fn unread_watches_cannot_stall_the_leader() {
             "a watch ended with {code:?} after {events} events"
         );
         assert!(events < round, "a watch delivered all {events} changes");
+    }
+    t.stop().await;
+}
+
+/// One node certificate cannot open streams without bound: past the per-caller limit a Watch
+/// is refused with ResourceExhausted, and closing one makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caller_cannot_hold_unbounded_watches() {
+    let t = TestLeader::start().await;
+    let k = key();
+    add_node_with_key(&t, &k).await;
+    let mut cur = curator(t.node(&k).await);
+    let request = || WatchRequest {
+        kind: Some(watch_request::Kind::NodesInCluster(Default::default())),
+    };
+    let mut held = Vec::new();
+    for _ in 0..curator::leader::streams::MAX_STREAMS_PER_CALLER {
+        held.push(cur.watch(request()).await.expect("Watch").into_inner());
+    }
+    let refused = cur.watch(request()).await.expect_err("over the limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("limit"), "{refused:?}");
+    // Another node is not affected.
+    let other = key();
+    add_node_with_key(&t, &other).await;
+    curator(t.node(&other).await)
+        .watch(request())
+        .await
+        .expect("another caller's Watch");
+    // A closed stream gives its slot back (the server notices the reset shortly after).
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cur.watch(request()).await {
+            Ok(_) => break,
+            Err(s) if s.code() == Code::ResourceExhausted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(s) => panic!("the slot was not given back: {s:?}"),
+        }
     }
     t.stop().await;
 }

@@ -39,9 +39,10 @@ impl Curator for CuratorService {
         &self,
         request: Request<api::WatchRequest>,
     ) -> Result<Response<BoxStream<api::WatchEvent>>, Status> {
+        let slot = self.0.streams.take(&peer(&request)?)?;
         watch::watch(&self.0, request.into_inner())
             .await
-            .map(Response::new)
+            .map(|events| Response::new(super::streams::holding(slot, events)))
     }
 
     async fn update_node_status(
@@ -123,11 +124,12 @@ impl Curator for CuratorService {
 
     async fn watch_revocations(
         &self,
-        _request: Request<api::WatchRevocationsRequest>,
+        request: Request<api::WatchRevocationsRequest>,
     ) -> Result<Response<BoxStream<api::WatchRevocationsEvent>>, Status> {
+        let slot = self.0.streams.take(&peer(&request)?)?;
         revocations::watch_revocations(&self.0)
             .await
-            .map(Response::new)
+            .map(|events| Response::new(super::streams::holding(slot, events)))
     }
 
     async fn report_decommission(

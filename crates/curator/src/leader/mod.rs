@@ -26,6 +26,7 @@ pub mod limits;
 pub mod local;
 pub mod management;
 mod status;
+pub mod streams;
 
 /// How many calls without cluster credentials the leader works on at once. Each costs a few
 /// etcd reads (a join-key or node lookup, the ticket, the configuration), about a millisecond:
@@ -62,6 +63,8 @@ pub struct Leader {
     unauthenticated: Semaphore,
     /// Where GetNodes filters run: off the runtime, bounded (see [`filter`]).
     pub filters: filter::FilterPool,
+    /// Long-lived streams per caller (see [`streams`]).
+    pub streams: streams::StreamSlots,
 }
 
 impl std::fmt::Debug for Leader {
@@ -92,6 +95,7 @@ impl Leader {
             revocations,
             unauthenticated: Semaphore::new(MAX_UNAUTHENTICATED_IN_FLIGHT),
             filters: filter::FilterPool::default(),
+            streams: streams::StreamSlots::default(),
         })
     }
 
