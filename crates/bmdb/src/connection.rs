@@ -8,7 +8,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::session::{Session, SessionConfig};
-use crate::{Result, queries};
+use crate::{BoxFuture, Conn, Result, queries};
 
 /// The embedded migrations (crates/bmdb/migrations, applied in timestamp order).
 pub fn migrator() -> Migrator {
@@ -108,6 +108,20 @@ impl Bmdb {
     /// The connection pool, for callers that need raw access (tests, debugging).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Runs `f` on a pooled connection outside any transaction: each statement sees what was
+    /// committed when it started (PostgreSQL's READ COMMITTED, CockroachDB's implicit
+    /// transaction per statement), and no session is involved. For reads that decide whether
+    /// a transaction is worth opening at all, such as refusing callers that are not known,
+    /// which must not cost the serializable transactions (and their conflicts) that legitimate
+    /// work runs in; the transaction checks again whatever it relies on.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>>,
+    {
+        let mut conn = self.pool.acquire().await?;
+        f(&mut conn).await
     }
 
     /// Starts a session with the configured timing.

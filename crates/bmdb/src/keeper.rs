@@ -40,6 +40,11 @@ impl SessionKeeper {
         }
     }
 
+    /// The database the sessions are on, for reads outside sessions ([`Bmdb::read`]).
+    pub fn bmdb(&self) -> &Bmdb {
+        &self.bmdb
+    }
+
     /// The current session, or a new one if there is none or it expired.
     pub async fn get(&self) -> Result<Session> {
         let mut state = self.state.lock().await;

@@ -111,7 +111,8 @@ pub async fn machine_set_os_installation_request(
     Ok(())
 }
 
-/// Sets (upserts) the OS installation report tag.
+/// Sets (upserts) the OS installation report tag with whatever generation is given (fixtures
+/// and tools; agents' reports go through [`machine_report_os_installation`]).
 pub async fn machine_set_os_installation_report(
     conn: &mut Conn,
     machine_id: Uuid,
@@ -135,6 +136,39 @@ pub async fn machine_set_os_installation_report(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Records an agent's installation report, but only for the machine's current installation
+/// request: `generation` must be that request's. The stored generation is then the request's
+/// (the server's), never one an agent made up, so a report for an old, a future or a
+/// never-requested generation cannot overwrite the report of the current one or make a
+/// finished installation look pending. Returns whether the report was stored.
+pub async fn machine_report_os_installation(
+    conn: &mut Conn,
+    machine_id: Uuid,
+    generation: i64,
+    result: OsInstallationResult,
+    os_installation_report_raw: &[u8],
+) -> Result<bool> {
+    let stored = sqlx::query(
+        "INSERT INTO machine_os_installation_report \
+           (machine_id, generation, os_installation_result, os_installation_report_raw) \
+         SELECT req.machine_id, req.generation, $3, $4 \
+           FROM machine_os_installation_request AS req \
+           WHERE req.machine_id = $1 AND req.generation = $2 \
+         ON CONFLICT (machine_id) DO UPDATE SET \
+           generation = EXCLUDED.generation, \
+           os_installation_result = EXCLUDED.os_installation_result, \
+           os_installation_report_raw = EXCLUDED.os_installation_report_raw",
+    )
+    .bind(machine_id)
+    .bind(generation)
+    .bind(result)
+    .bind(os_installation_report_raw)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(stored == 1)
 }
 
 /// Removes the agent-started tag (agent recovery: the Shepherd starts a new agent).

@@ -29,6 +29,14 @@ pub enum Error {
     /// Removing this member would leave the cluster without a working quorum.
     #[error("removing {node_id} would break quorum: {reason}")]
     QuorumWouldBreak { node_id: String, reason: String },
+    /// A new member's peer URL (built from the address the node reports) is already another
+    /// member's.
+    #[error("node {node_id} reports peer URL {url}, which belongs to etcd member {member}")]
+    PeerUrlInUse {
+        node_id: String,
+        url: String,
+        member: String,
+    },
     /// No etcd member belongs to this node.
     #[error("node {0} is not an etcd member")]
     NotAMember(String),

@@ -10,7 +10,9 @@
 //!   the full member; restart from disk; joining an existing cluster from [`JoinCluster`] data.
 //!   It reports [`Status`] only once the member is a voting member.
 //! * [`Status::add_node`] issues a peer certificate and adds a learner (what UpdateNodeRoles and
-//!   bootstrap use), [`Status::remove_node`] removes a member unless that breaks quorum.
+//!   bootstrap use), [`Status::remove_node`] removes a member unless that breaks quorum. Both
+//!   find a node's member by node ID only (its name, or the member ID recorded when it was
+//!   added), never by a peer URL built from an address the node reports.
 //! * Two helpers run next to the member: the autopromoter (every 5 s, on the etcd leader only,
 //!   promotes learners) and the self-updater (sets the member's peer URL once, because the
 //!   bootstrap member first registered a plain-HTTP one).
@@ -26,7 +28,7 @@ mod service;
 
 pub use config::{Config, JoinCluster, PeerPki};
 pub use error::Error;
-pub use membership::ExistingNode;
+pub use membership::{ExistingNode, MEMBERS_KEYSPACE};
 pub use service::{Service, Status, StatusWatch};
 
 /// Initial cluster token of every Metropolis etcd cluster (upstream's value).

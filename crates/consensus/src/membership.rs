@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use identity::PublicKey;
+use kv::Namespaced;
 use kv::etcd_client::{self, Client, MemberAddOptions};
 
 use crate::config::{JoinCluster, peer_url};
@@ -32,6 +33,11 @@ impl Status {
     /// peer certificate, lists the voting members and the CRL, and adds it as a learner unless
     /// it already is a member. Idempotent. etcd admits one learner at a time; adding a second
     /// before the first is promoted fails (the caller retries).
+    ///
+    /// The node's member is found by node ID only (see [`MEMBERS_KEYSPACE`]): never by its
+    /// peer URL, which is built from an address the node reports about itself. A node that
+    /// reports another member's address is refused ([`Error::PeerUrlInUse`]) instead of being
+    /// taken for that member.
     pub async fn add_node(
         &self,
         pubkey: &PublicKey,
@@ -54,19 +60,44 @@ impl Status {
                 url: m.peer_urls()[0].clone(),
             })
             .collect();
-        // A learner that has not started yet has no name: match its URL too.
+        let recorded = self.recorded_member(&id).await?;
         let known = members
             .members()
             .iter()
-            .any(|m| m.name() == id || m.peer_urls().contains(&url));
+            .any(|m| is_node_member(m, &id, recorded));
         if !known {
-            self.client()
+            if let Some(other) = members
+                .members()
+                .iter()
+                .find(|m| m.peer_urls().contains(&url))
+            {
+                return Err(Error::PeerUrlInUse {
+                    node_id: id,
+                    url,
+                    member: member_label(other),
+                });
+            }
+            let added = self
+                .client()
                 .member_add(
                     [url.clone()],
                     Some(MemberAddOptions::new().with_is_learner()),
                 )
                 .await?;
-            tracing::info!("added {id} at {url} as an etcd learner");
+            let member_id = added.member().map(|m| m.id()).ok_or_else(|| {
+                Error::Process(format!(
+                    "etcd added a member for {id} at {url} without saying its ID"
+                ))
+            })?;
+            if let Err(e) = self.record_member(&id, member_id).await {
+                // Without the record nobody could find this learner again (it has no name
+                // until it starts), and it would block every later learner: take it back.
+                if let Err(re) = self.client().member_remove(member_id).await {
+                    tracing::warn!("could not remove unrecorded learner {member_id:x}: {re}");
+                }
+                return Err(e);
+            }
+            tracing::info!("added {id} at {url} as etcd learner {member_id:x}");
         }
         Ok(JoinCluster {
             ca_certificate: ca,
@@ -76,17 +107,22 @@ impl Status {
         })
     }
 
-    /// Removes `node_id`'s member (matched by name, or by peer URL at `address` for a learner
-    /// that never started). Returns whether a member was removed. Refuses to remove the last
-    /// voting member, and lets etcd's strict reconfiguration check refuse removals that would
-    /// leave fewer started members than a quorum; both come back as
-    /// [`Error::QuorumWouldBreak`].
-    pub async fn remove_node(&self, node_id: &str, address: Option<IpAddr>) -> Result<bool, Error> {
-        let url = address.map(|a| peer_url(a, self.peer_port));
+    /// Removes `node_id`'s member (matched by name, or, for a learner that never started and
+    /// so has no name yet, by the member ID [`Status::add_node`] recorded for the node).
+    /// Returns whether a member was removed. Refuses to remove the last voting member, and
+    /// lets etcd's strict reconfiguration check refuse removals that would leave fewer started
+    /// members than a quorum; both come back as [`Error::QuorumWouldBreak`].
+    pub async fn remove_node(&self, node_id: &str) -> Result<bool, Error> {
+        let recorded = self.recorded_member(node_id).await?;
         let members = self.client().member_list().await?;
-        let Some(target) = members.members().iter().find(|m| {
-            m.name() == node_id || url.as_ref().is_some_and(|u| m.peer_urls().contains(u))
-        }) else {
+        let Some(target) = members
+            .members()
+            .iter()
+            .find(|m| is_node_member(m, node_id, recorded))
+        else {
+            if recorded.is_some() {
+                self.forget_member(node_id).await?;
+            }
             return Ok(false);
         };
         let voters = members.members().iter().filter(|m| !m.is_learner()).count();
@@ -99,6 +135,7 @@ impl Status {
         match self.client().member_remove(target.id()).await {
             Ok(_) => {
                 tracing::info!("removed etcd member {node_id}");
+                self.forget_member(node_id).await?;
                 Ok(true)
             }
             Err(e) if is_quorum_refusal(&e) => Err(Error::QuorumWouldBreak {
@@ -107,6 +144,61 @@ impl Status {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn members_namespace(&self) -> Result<Namespaced, Error> {
+        self.namespaced(&[MEMBERS_KEYSPACE])
+    }
+
+    /// The etcd member ID recorded for `node_id` when it was added, if any.
+    async fn recorded_member(&self, node_id: &str) -> Result<Option<u64>, Error> {
+        let resp = self
+            .members_namespace()?
+            .get(member_key(node_id), None)
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| std::str::from_utf8(kv.value()).ok())
+            .and_then(|v| u64::from_str_radix(v, 16).ok()))
+    }
+
+    async fn record_member(&self, node_id: &str, member_id: u64) -> Result<(), Error> {
+        self.members_namespace()?
+            .put(member_key(node_id), format!("{member_id:x}"), None)
+            .await?;
+        Ok(())
+    }
+
+    async fn forget_member(&self, node_id: &str) -> Result<(), Error> {
+        self.members_namespace()?
+            .delete(member_key(node_id), None)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Keyspace of the node ID → etcd member ID records. A member's name is its node ID once it
+/// has started, but a learner that has not started yet has no name; this record is how such
+/// a learner is found by node ID. Peer URLs are never used to find a node's member: they are
+/// built from the address a node reports about itself, so a node could claim another's.
+pub const MEMBERS_KEYSPACE: &str = "etcd-members";
+
+fn member_key(node_id: &str) -> String {
+    format!("/{node_id}")
+}
+
+/// Whether `m` is the member of `node_id`: by name, or by the member ID recorded for it.
+fn is_node_member(m: &etcd_client::Member, node_id: &str, recorded: Option<u64>) -> bool {
+    m.name() == node_id || recorded == Some(m.id())
+}
+
+/// A member for messages: its name, or its ID while it has none.
+fn member_label(m: &etcd_client::Member) -> String {
+    if m.name().is_empty() {
+        format!("unstarted learner {:x}", m.id())
+    } else {
+        m.name().to_string()
     }
 }
 

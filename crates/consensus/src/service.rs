@@ -36,6 +36,9 @@ pub struct Status {
     pub ca_certificate: Vec<u8>,
     /// PID of the etcd process (diagnostics and fault-injection tests).
     pub pid: Option<u32>,
+    /// The member's client socket: for users that need a connection of their own (the
+    /// curator's election keeps its lease on one, so no other traffic can delay it).
+    pub socket_path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Status {
@@ -60,6 +63,13 @@ impl Status {
             ns = ns.sub(part)?;
         }
         Ok(ns)
+    }
+
+    /// A new client on its own connection to the local member (the [`Status::client`] is
+    /// shared by everything else on this node). Its background work runs on the runtime that
+    /// calls this.
+    pub async fn connect_new(&self) -> Result<Client, Error> {
+        Ok(kv::connect_unix(&self.socket_path).await?)
     }
 
     pub(crate) fn pki_namespace(&self) -> Result<Namespaced, Error> {
@@ -199,6 +209,7 @@ impl Service {
             peer_port: self.config.peer_port,
             ca_certificate,
             pid,
+            socket_path: self.config.socket_path(),
         }));
         ctx.signal_healthy();
         std::future::pending().await

@@ -149,7 +149,7 @@ async fn bootstrap_serves_logs_and_refuses_removing_the_last_voter() {
     );
 
     let err = status
-        .remove_node(&status.name, None)
+        .remove_node(&status.name)
         .await
         .expect_err("last voter");
     assert!(matches!(err, Error::QuorumWouldBreak { .. }), "{err}");
@@ -245,6 +245,42 @@ async fn learners_join_get_promoted_and_quorum_is_protected() {
         nodes.push(node);
     }
     assert_eq!(voters(&sa).await, 3);
+
+    // Members are found by node ID only. A node reporting a voter's address is not taken
+    // for that voter: adding it is refused, and nothing is added.
+    let liar = SigningKey::generate().expect("key");
+    let err = sa
+        .add_node(&liar.public_key(), "127.81.3.2".parse().expect("ip"))
+        .await
+        .expect_err("a voter's address");
+    assert!(matches!(err, Error::PeerUrlInUse { .. }), "{err}");
+    assert!(
+        !sa.remove_node(&identity::node_id(&liar.public_key()))
+            .await
+            .expect("no member")
+    );
+    assert_eq!(voters(&sa).await, 3);
+    // A learner that never started has no name; it is still found by its node ID.
+    let unstarted = SigningKey::generate().expect("key");
+    sa.add_node(&unstarted.public_key(), "127.81.3.9".parse().expect("ip"))
+        .await
+        .expect("add learner");
+    let members = || async {
+        sa.client()
+            .member_list()
+            .await
+            .expect("members")
+            .members()
+            .len()
+    };
+    assert_eq!(members().await, 4);
+    assert!(
+        sa.remove_node(&identity::node_id(&unstarted.public_key()))
+            .await
+            .expect("remove the unstarted learner")
+    );
+    assert_eq!(members().await, 3);
+
     let b = nodes.remove(0);
     let c = nodes.remove(0);
     let sb = b.running().await;
@@ -256,12 +292,12 @@ async fn learners_join_get_promoted_and_quorum_is_protected() {
     assert_eq!(put_get(&sb, "/after2", "loss").await, "loss");
 
     // Removing B now would leave A alone with a dead C: refused.
-    let err = sa.remove_node(&sb.name, None).await.expect_err("quorum");
+    let err = sa.remove_node(&sb.name).await.expect_err("quorum");
     assert!(matches!(err, Error::QuorumWouldBreak { .. }), "{err}");
     assert_eq!(voters(&sa).await, 3);
     // Removing the dead C is fine, and idempotent.
-    assert!(sa.remove_node(&c_id, None).await.expect("remove C"));
-    assert!(!sa.remove_node(&c_id, None).await.expect("remove C again"));
+    assert!(sa.remove_node(&c_id).await.expect("remove C"));
+    assert!(!sa.remove_node(&c_id).await.expect("remove C again"));
     assert_eq!(voters(&sa).await, 2);
     assert_eq!(put_get(&sb, "/after3", "removal").await, "removal");
 

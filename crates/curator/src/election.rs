@@ -10,6 +10,13 @@
 //! `CreateRevision(lock key) == lock revision` (the state layer's guarded transactions, see
 //! [`crate::state`]); if another curator has taken over in the meantime the guard fails and
 //! the caller gets "lost leadership", never a write based on stale leadership.
+//!
+//! The lease is what everything else rests on, so nothing the API does may delay a
+//! keep-alive: [`spawn`] runs the election on an OS thread of its own, with a current-thread
+//! runtime and an etcd connection of its own. A busy runtime (a CPU-heavy request, a flood of
+//! calls) or a congested API connection (HTTP/2 flow control, queued requests) then slows the
+//! API down but cannot cost the leader its lease. The [`Leadership`] it publishes carries the
+//! API's namespace, so leader operations never travel on the election's connection.
 
 use std::time::Duration;
 
@@ -91,10 +98,99 @@ impl Leadership {
     }
 }
 
-/// Runs election rounds until `cancel` fires, publishing the status. Each round: clean up our
-/// own stale key, grant a lease, create our key, then lead or follow until the lease is lost.
+/// How long the election thread waits between attempts to open its etcd connection.
+const CONNECT_RETRY: Duration = Duration::from_millis(200);
+
+/// Runs the election ([`run`]) on a thread of its own with its own runtime and its own etcd
+/// connection to `consensus`, until `cancel` fires. `api` is the curator keyspace on the
+/// connection leader operations use; published [`Leadership`]s carry it.
+pub fn spawn(
+    consensus: consensus::Status,
+    api: Namespaced,
+    node_id: String,
+    ttl: Duration,
+    status: watch::Sender<ElectionStatus>,
+    cancel: CancellationToken,
+) -> std::io::Result<ElectionThread> {
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("curator-election".to_string())
+        .spawn(move || {
+            // Dropped when the thread ends, however it ends.
+            let _done = done_tx;
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("cannot build the election runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let Some(ns) = connect(&consensus, &cancel).await else {
+                    return;
+                };
+                run_with(ns, api, node_id, ttl, status, cancel).await;
+            });
+        })?;
+    Ok(ElectionThread { thread, done })
+}
+
+/// The thread [`spawn`] started.
+#[derive(Debug)]
+pub struct ElectionThread {
+    thread: std::thread::JoinHandle<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl ElectionThread {
+    /// Waits (without blocking the runtime) until the thread has ended; false if it panicked.
+    pub async fn finished(self) -> bool {
+        let _ = self.done.await;
+        self.thread.join().is_ok()
+    }
+}
+
+/// The election's own connection, retried until it opens or `cancel` fires.
+async fn connect(consensus: &consensus::Status, cancel: &CancellationToken) -> Option<Namespaced> {
+    loop {
+        let attempt = async {
+            let client = consensus.connect_new().await.map_err(|e| e.to_string())?;
+            Namespaced::root(client)
+                .sub(crate::KEYSPACE)
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(ns) => return Some(ns),
+            Err(e) => tracing::warn!("election: connecting to etcd: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(CONNECT_RETRY) => {}
+        }
+    }
+}
+
+/// Runs election rounds on `ns` until `cancel` fires, publishing the status; leaderships
+/// carry `ns` itself. [`spawn`] is what curators use.
 pub async fn run(
     ns: Namespaced,
+    node_id: String,
+    ttl: Duration,
+    status: watch::Sender<ElectionStatus>,
+    cancel: CancellationToken,
+) {
+    run_with(ns.clone(), ns, node_id, ttl, status, cancel).await
+}
+
+/// Runs election rounds until `cancel` fires, publishing the status. Each round: clean up our
+/// own stale key, grant a lease, create our key, then lead or follow until the lease is lost.
+/// The election itself talks to etcd on `ns`; the leaderships it publishes carry `api`.
+async fn run_with(
+    ns: Namespaced,
+    api: Namespaced,
     node_id: String,
     ttl: Duration,
     status: watch::Sender<ElectionStatus>,
@@ -103,7 +199,7 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     while !cancel.is_cancelled() {
         status.send_replace(ElectionStatus::Unknown);
-        match round(&ns, &node_id, ttl, &status, &cancel).await {
+        match round(&ns, &api, &node_id, ttl, &status, &cancel).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!("election round failed: {e}");
@@ -120,6 +216,7 @@ pub async fn run(
 
 async fn round(
     ns: &Namespaced,
+    api: &Namespaced,
     node_id: &str,
     ttl: Duration,
     status: &watch::Sender<ElectionStatus>,
@@ -133,7 +230,7 @@ async fn round(
         .await
         .map_err(|e| format!("lease grant: {e}"))?
         .id();
-    let result = hold_lease(ns, node_id, ttl, lease, status, cancel).await;
+    let result = hold_lease(ns, api, node_id, ttl, lease, status, cancel).await;
     // Graceful end (or a failed round): give the lease back so a successor does not wait for
     // it to expire. Best effort: after a crash etcd expires it by itself.
     let _ = client.lease_revoke(lease).await;
@@ -143,6 +240,7 @@ async fn round(
 
 async fn hold_lease(
     ns: &Namespaced,
+    api: &Namespaced,
     node_id: &str,
     ttl: Duration,
     lease: i64,
@@ -173,13 +271,14 @@ async fn hold_lease(
     };
     tokio::select! {
         r = keepalive => r,
-        r = campaign(ns, node_id, ttl, lease, status) => r,
+        r = campaign(ns, api, node_id, ttl, lease, status) => r,
         _ = cancel.cancelled() => Ok(()),
     }
 }
 
 async fn campaign(
     ns: &Namespaced,
+    api: &Namespaced,
     node_id: &str,
     ttl: Duration,
     lease: i64,
@@ -226,7 +325,7 @@ async fn campaign(
         };
         if first.key() == key.as_bytes() {
             status.send_replace(ElectionStatus::Leader(Leadership::new(
-                ns.clone(),
+                api.clone(),
                 key.clone(),
                 my_rev,
             )));

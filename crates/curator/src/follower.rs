@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 
 use futures::future::{BoxFuture, FutureExt};
 use proto::curator_api::{
-    GetCaCertificateRequest, GetCaCertificateResponse, GetCurrentLeaderRequest,
-    GetCurrentLeaderResponse,
+    GetCaCertificateRequest, GetCaCertificateResponse, GetClusterCrlRequest, GetClusterCrlResponse,
+    GetCurrentLeaderRequest, GetCurrentLeaderResponse,
 };
 use tonic::body::Body;
 use tonic::codegen::BoxStream;
@@ -51,7 +51,7 @@ impl KnownLeader {
 }
 
 /// CuratorLocal on a follower.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FollowerLocalService {
     /// This node's ID.
     pub node_id: String,
@@ -59,6 +59,17 @@ pub struct FollowerLocalService {
     pub ca: Vec<u8>,
     /// The leader when this server was started (the server restarts whenever it changes).
     pub leader: KnownLeader,
+    /// The curator keyspace of the local etcd member (for the cluster CRL).
+    pub ns: kv::Namespaced,
+}
+
+impl std::fmt::Debug for FollowerLocalService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowerLocalService")
+            .field("node_id", &self.node_id)
+            .field("leader", &self.leader)
+            .finish_non_exhaustive()
+    }
 }
 
 #[tonic::async_trait]
@@ -98,6 +109,13 @@ impl proto::curator_api::curator_local_server::CuratorLocal for FollowerLocalSer
         Ok(Response::new(GetCaCertificateResponse {
             identity_ca_certificate: self.ca.clone(),
         }))
+    }
+
+    async fn get_cluster_crl(
+        &self,
+        _request: Request<GetClusterCrlRequest>,
+    ) -> Result<Response<GetClusterCrlResponse>, Status> {
+        crate::revocation::cluster_crl(&self.ns).await
     }
 }
 

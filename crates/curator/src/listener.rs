@@ -84,11 +84,13 @@ pub async fn serve(
                     node_id: config.credentials.node_id(),
                     ca: config.credentials.ca().to_vec(),
                     leader: known.clone(),
+                    ns: ns.clone(),
                 };
                 let router = rpc::serve::server_builder(security.clone())
                     .layer(FollowerGate::new(known))
                     .add_service(
-                        proto::curator_api::curator_local_server::CuratorLocalServer::new(local),
+                        proto::curator_api::curator_local_server::CuratorLocalServer::new(local)
+                            .max_decoding_message_size(leader::limits::MAX_LOCAL_REQUEST_BYTES),
                     )
                     .add_service(rpc::reflection::v1(FOLLOWER_SERVICES))
                     .add_service(rpc::reflection::v1alpha(FOLLOWER_SERVICES));

@@ -1,4 +1,5 @@
-//! The curator runnable: election, listener and CRL follower as supervised children.
+//! The curator runnable: election, listener and revocation follower as supervised children;
+//! the revocations are loaded before anything is served.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,20 +90,43 @@ impl Curator {
             self.config.leader_ttl,
             self.election.clone(),
         );
-        let election_ns = ns.clone();
+        let (election_ns, consensus) = (ns.clone(), self.config.consensus.clone());
         ctx.run(
             "election",
             supervisor::runnable(move |ctx| {
                 let (ns, node_id, tx) = (election_ns.clone(), node_id.clone(), tx.clone());
+                let consensus = consensus.clone();
                 async move {
+                    // Its own thread, runtime and etcd connection (see `election`): the token
+                    // stops it, and this runnable lives as long as it does.
+                    let token = ctx.token();
+                    let thread = election::spawn(consensus, ns, node_id, ttl, tx, token.clone())
+                        .map_err(|e| format!("starting the election thread: {e}"))?;
                     ctx.signal_healthy();
-                    election::run(ns, node_id, ttl, tx, ctx.token()).await;
-                    Ok(())
+                    match thread.finished().await {
+                        true if token.is_cancelled() => Ok(()),
+                        true => Err("the election thread ended".into()),
+                        false => Err("the election thread panicked".into()),
+                    }
                 }
             }),
         )?;
 
+        // Nothing is served before the revocations are known: a deleted node must not get
+        // in through a curator that has just started.
         let revocations = self.config.revocations.clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match crate::revocation::load(&ns, &revocations).await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!("loading revocations before serving: {e}"),
+            }
+            tokio::select! {
+                _ = ctx.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
         ctx.run(
             "revocation",
             supervisor::runnable(move |ctx| {
@@ -110,7 +134,7 @@ impl Curator {
                 async move {
                     ctx.signal_healthy();
                     tokio::select! {
-                        r = crate::revocation::follow_crl(ns, revocations) => r.map_err(Into::into),
+                        r = crate::revocation::follow(ns, revocations) => r.map_err(Into::into),
                         _ = ctx.cancelled() => Ok(()),
                     }
                 }

@@ -63,6 +63,8 @@ pub struct TestLeader {
     pub consensus: consensus::Status,
     /// The node's IP, host 1 of [`Self::block`].
     pub address: IpAddr,
+    /// The election status of the leader's curator (it must stay Leader under load).
+    pub election: watch::Receiver<ElectionStatus>,
     cancel: CancellationToken,
     supervisor: Supervisor,
     _dir: TempDir,
@@ -117,13 +119,15 @@ impl TestLeader {
 
         let cancel = CancellationToken::new();
         let (tx, mut rx) = watch::channel(ElectionStatus::Unknown);
-        tokio::spawn(election::run(
+        election::spawn(
+            consensus.clone(),
             ns,
             credentials.node_id(),
             election::DEFAULT_LEADER_TTL,
             tx,
             cancel.clone(),
-        ));
+        )
+        .expect("election thread");
         let leadership = tokio::time::timeout(START_TIMEOUT, async {
             loop {
                 if let ElectionStatus::Leader(l) = rx.borrow_and_update().clone() {
@@ -168,6 +172,7 @@ impl TestLeader {
             revocations,
             consensus,
             address,
+            election: rx,
             block,
             cancel,
             supervisor,
@@ -180,6 +185,7 @@ impl TestLeader {
         let verification = ServerVerification::Cluster {
             ca: self.ca.clone(),
             node_id: Some(self.credentials.node_id()),
+            crl: None,
         };
         let config = rpc::client_tls::client_config(&creds, verification).expect("client config");
         rpc::client_tls::connect_lazy(&self.addr, config).expect("endpoint")

@@ -1,4 +1,5 @@
-//! CuratorLocal on the leader: upstream TestGetCurrentLeader, and GetCACertificate.
+//! CuratorLocal on the leader: upstream TestGetCurrentLeader, GetCACertificate and (ours)
+//! GetClusterCRL.
 
 mod curator_support;
 
@@ -6,7 +7,7 @@ use curator::testing::TestLeader;
 use curator_support::*;
 use proto::curator_api::curator_local_client::CuratorLocalClient;
 use proto::curator_api::{
-    GetCaCertificateRequest, GetCurrentLeaderRequest, UpdateNodeStatusRequest,
+    GetCaCertificateRequest, GetClusterCrlRequest, GetCurrentLeaderRequest, UpdateNodeStatusRequest,
 };
 use rpc::ClientCredentials;
 
@@ -62,5 +63,54 @@ async fn get_ca_certificate() {
         .expect("GetCACertificate")
         .into_inner();
     assert_eq!(resp.identity_ca_certificate, t.ca);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_cluster_crl() {
+    let t = TestLeader::start("127.86.23").await;
+    // Without credentials: clients fetch it before they trust any curator.
+    let mut local = CuratorLocalClient::new(t.channel(ClientCredentials::None));
+    let first = local
+        .get_cluster_crl(GetClusterCrlRequest {})
+        .await
+        .expect("GetClusterCRL")
+        .into_inner()
+        .crl;
+    let held = rpc::ClusterCrl::new(t.ca.clone());
+    assert!(held.update(&first).expect("signed by the cluster CA"));
+    assert_eq!(held.revoked(), 0);
+
+    // Deleting a node revokes its certificate: the next CRL is newer and lists it.
+    let (node_key, _) = add_node(&t, proto::common::NodeState::Up, &[7; 32]).await;
+    let node_cert = pki::Certificate::node(
+        &std::sync::Arc::new(pki::Certificate::cluster_ca()),
+        node_key.public_key(),
+    )
+    .ensure(t.leader.ns())
+    .await
+    .expect("node certificate");
+    assert!(!held.is_revoked(&node_cert));
+    management(t.owner().await)
+        .delete_node(proto::api::DeleteNodeRequest {
+            node: Some(proto::api::delete_node_request::Node::Id(id_of(&node_key))),
+            safety_bypass_has_roles: None,
+            safety_bypass_not_decommissioned: Some(
+                proto::api::delete_node_request::SafetyBypassNotDecommissioned {},
+            ),
+        })
+        .await
+        .expect("DeleteNode");
+    let second = local
+        .get_cluster_crl(GetClusterCrlRequest {})
+        .await
+        .expect("GetClusterCRL")
+        .into_inner()
+        .crl;
+    assert!(held.update(&second).expect("signed by the cluster CA"));
+    assert!(
+        held.is_revoked(&node_cert),
+        "the deleted node's certificate is revoked"
+    );
     t.stop().await;
 }

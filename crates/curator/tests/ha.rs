@@ -226,6 +226,7 @@ async fn one_leader_followers_redirect_and_failover() {
         ServerVerification::Cluster {
             ca: ca.clone(),
             node_id: None,
+            crl: None,
         },
     )
     .expect("config");
@@ -372,6 +373,7 @@ async fn one_leader_followers_redirect_and_failover() {
 
     // Deleting X revokes its certificate on every curator: before, a follower answers X with
     // "not the leader"; after, every curator refuses X itself.
+    let x_certificate = committed.node_certificate.clone();
     let x_creds = ClientCredentials::Authenticated {
         certificate: committed.node_certificate,
         key: x.clone(),
@@ -408,6 +410,12 @@ async fn one_leader_followers_redirect_and_failover() {
             watch_code(endpoint.clone(), &x_creds, &ca, &x_id).await == tonic::Code::Unauthenticated
         })
         .await;
+        // And every curator, leader or follower, hands out a CRL of the cluster CA that
+        // revokes it, so clients refuse X as a curator too.
+        let crl = cluster_crl(endpoint, &ca).await;
+        let held = rpc::ClusterCrl::new(ca.clone());
+        held.update(&crl).expect("a CRL of the cluster CA");
+        assert!(held.is_revoked(&x_certificate), "the CRL revokes X");
     }
 
     for n in nodes {
@@ -428,6 +436,24 @@ fn kill(pid: u32) {
     assert!(status.success());
 }
 
+/// CuratorLocal.GetClusterCRL at one curator, asked without credentials.
+async fn cluster_crl(endpoint: String, ca: &[u8]) -> Vec<u8> {
+    let verification = ServerVerification::Cluster {
+        ca: ca.to_vec(),
+        node_id: None,
+        crl: None,
+    };
+    let config =
+        rpc::client_tls::client_config(&ClientCredentials::None, verification).expect("config");
+    let channel = rpc::client_tls::connect_lazy(&endpoint, config).expect("endpoint");
+    proto::curator_api::curator_local_client::CuratorLocalClient::new(channel)
+        .get_cluster_crl(proto::curator_api::GetClusterCrlRequest {})
+        .await
+        .expect("GetClusterCRL")
+        .into_inner()
+        .crl
+}
+
 /// The code a Watch of `node_id` gets at one curator with these credentials.
 async fn watch_code(
     endpoint: String,
@@ -438,6 +464,7 @@ async fn watch_code(
     let verification = ServerVerification::Cluster {
         ca: ca.to_vec(),
         node_id: None,
+        crl: None,
     };
     let config = rpc::client_tls::client_config(creds, verification).expect("config");
     let channel = rpc::client_tls::connect_lazy(&endpoint, config).expect("endpoint");

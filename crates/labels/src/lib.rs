@@ -197,15 +197,28 @@ pub fn validate_domain_name(name: &str) -> Result<(), DomainNameError> {
     Ok(())
 }
 
+/// Longest key or value an error quotes in full: errors reach callers (gRPC messages, which
+/// travel in a header) and logs, and an invalid key can be as long as a request allows.
+pub const MAX_QUOTED_CHARS: usize = 320;
+
+/// `s` for an error: in full if it could be a valid key (a prefix and a name), else its start
+/// with `…` appended.
+fn quoted(s: &str) -> String {
+    match s.char_indices().nth(MAX_QUOTED_CHARS) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
 /// Checks one label.
 pub fn check_pair(key: &str, value: &str) -> Result<(), LabelSetError> {
     validate_key(key).map_err(|error| LabelSetError::Key {
-        key: key.to_string(),
+        key: quoted(key),
         error,
     })?;
     validate_value(value).map_err(|error| LabelSetError::Value {
-        key: key.to_string(),
-        value: value.to_string(),
+        key: quoted(key),
+        value: quoted(value),
         error,
     })
 }
@@ -227,7 +240,7 @@ pub fn check_set<'a>(
     for (key, value) in pairs {
         check_pair(key, value)?;
         if !seen.insert(key) {
-            return Err(LabelSetError::DuplicateKey(key.to_string()));
+            return Err(LabelSetError::DuplicateKey(quoted(key)));
         }
     }
     check_count(seen.len())
@@ -244,20 +257,20 @@ pub fn check_update<'a>(
     for (key, value) in upsert {
         check_pair(key, value)?;
         if !upserted.insert(key) {
-            return Err(LabelSetError::DuplicateKey(key.to_string()));
+            return Err(LabelSetError::DuplicateKey(quoted(key)));
         }
     }
     let mut deleted = HashSet::new();
     for key in delete {
         validate_key(key).map_err(|error| LabelSetError::Key {
-            key: key.to_string(),
+            key: quoted(key),
             error,
         })?;
         if !deleted.insert(key) {
-            return Err(LabelSetError::DuplicateDelete(key.to_string()));
+            return Err(LabelSetError::DuplicateDelete(quoted(key)));
         }
         if upserted.contains(key) {
-            return Err(LabelSetError::UpsertAndDelete(key.to_string()));
+            return Err(LabelSetError::UpsertAndDelete(quoted(key)));
         }
     }
     Ok(())

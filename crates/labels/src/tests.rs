@@ -244,3 +244,32 @@ fn registration_keeps_what_it_can() {
         3
     );
 }
+
+#[test]
+fn errors_quote_long_input_in_part() {
+    let huge = "k".repeat(1 << 20);
+    for err in [
+        check_pair(&huge, "v").unwrap_err(),
+        check_pair("ok", &huge).unwrap_err(),
+        check_update([("ok", "v")], [huge.as_str(), huge.as_str()]).unwrap_err(),
+    ] {
+        let message = err.to_string();
+        assert!(
+            message.len() < 2 * MAX_QUOTED_CHARS,
+            "{} bytes",
+            message.len()
+        );
+        assert!(message.contains('…'), "{message}");
+    }
+    // A valid key of the greatest length is quoted whole.
+    let label = |c: &str| c.repeat(MAX_DOMAIN_LABEL_LENGTH);
+    let longest = format!(
+        "{}.{}.{}.example/{}",
+        label("a"),
+        label("b"),
+        label("c"),
+        "n".repeat(MAX_NAME_LENGTH)
+    );
+    let err = check_update([(longest.as_str(), "v")], [longest.as_str()]).unwrap_err();
+    assert_eq!(err, LabelSetError::UpsertAndDelete(longest));
+}

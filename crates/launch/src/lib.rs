@@ -14,7 +14,8 @@
 //! learner at a time), and wait until every node is HEALTHY. Each [`Node`] can then be
 //! powered off (SIGKILL to it and its etcd), powered on, rebooted (clean stop, start again:
 //! it Joins) or frozen; [`Management`] (rpc's typed client) follows the curator leader for
-//! API calls.
+//! API calls, refusing curators the cluster CRL revokes (fetched from the curators whenever a
+//! leader channel starts, see [`Cluster::crl`]).
 //!
 //! Every process started here dies with its owner (see [`node`]).
 //!

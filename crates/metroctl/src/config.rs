@@ -1,6 +1,6 @@
 //! The config directory: owner key, owner certificate, pinned cluster CA and default
 //! endpoints, in upstream's file names and formats so an upstream metroctl config works here
-//! and the other way round.
+//! and the other way round; ours besides: the endpoints file and a cache of the cluster CRL.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +19,9 @@ pub const OWNER_CERT_FILE: &str = "owner.pem";
 pub const CA_FILE: &str = "ca.pem";
 /// Default endpoints, one per line (ours).
 pub const ENDPOINTS_FILE: &str = "endpoints";
+/// The newest cluster CRL seen (DER; ours). Only a cache: every session fetches the CRL from
+/// the cluster again, and a CRL is only used if it verifies against the pinned CA.
+pub const CRL_FILE: &str = "cluster-crl.der";
 
 /// A metroctl config directory.
 #[derive(Debug, Clone)]
@@ -177,6 +180,24 @@ impl ConfigDir {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(Error::local(format!("reading {}: {e}", path.display()))),
         }
+    }
+
+    /// The cached cluster CRL (unverified), if any.
+    pub fn crl(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.path(CRL_FILE);
+        match std::fs::read(&path) {
+            Ok(der) => Ok(Some(der)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::local(format!("reading {}: {e}", path.display()))),
+        }
+    }
+
+    /// Caches the cluster CRL.
+    pub fn save_crl(&self, der: &[u8]) -> Result<()> {
+        self.ensure_dir()?;
+        let path = self.path(CRL_FILE);
+        files::write_atomic(&path, der, PUBLIC_MODE)
+            .map_err(|e| Error::local(format!("writing {}: {e}", path.display())))
     }
 
     /// Saves the default endpoints.

@@ -5,6 +5,12 @@
 //! Every call is retried under one [`RetryPolicy`] whose deadline is `--connect-timeout`: that
 //! long a command keeps looking for the leader, following leadership changes, before it
 //! reports the cluster unreachable.
+//!
+//! Every connection also refuses curators and nodes whose certificate the cluster CRL revokes
+//! (deleted nodes). A session starts from the CRL cached in the config directory (if it
+//! verifies against the pinned CA), the leader channel fetches the current one from every
+//! endpoint when it starts and from every curator it asks for the leader, and a newer CRL is
+//! cached again when the session ends.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,12 +18,12 @@ use std::time::Duration;
 use proto::api;
 use proto::api::node_management_client::NodeManagementClient;
 use rpc::client_tls::{self, ClientCredentials, ServerVerification};
-use rpc::{CallError, LeaderChannel, LeaderOptions, Management, RetryPolicy};
+use rpc::{CallError, ClusterCrl, LeaderChannel, LeaderOptions, Management, RetryPolicy};
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::config::{ConfigDir, OWNER_CERT_FILE, OWNER_KEY_FILE, normalize_endpoint};
+use crate::config::{CRL_FILE, ConfigDir, OWNER_CERT_FILE, OWNER_KEY_FILE, normalize_endpoint};
 use crate::error::{Error, Result};
 use crate::progress;
 use crate::trust::{self, TrustOptions};
@@ -138,6 +144,39 @@ pub struct Session {
     creds: ClientCredentials,
     endpoints: Vec<String>,
     pin_check: watch::Receiver<Option<Error>>,
+    crl: ClusterCrl,
+    /// Where the CRL is cached, and the CRL number it had when the session started.
+    crl_cache: (ConfigDir, Option<u64>),
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let (cfg, cached) = &self.crl_cache;
+        if self.crl.number() > *cached
+            && let Some(der) = self.crl.der()
+            && let Err(e) = cfg.save_crl(&der)
+        {
+            eprintln!("warning: cannot cache the cluster CRL: {}", e.message);
+        }
+    }
+}
+
+/// A CRL for `ca`, starting from the cached one if that verifies against it.
+fn cached_crl(cfg: &ConfigDir, ca: &[u8]) -> ClusterCrl {
+    let crl = ClusterCrl::new(ca.to_vec());
+    match cfg.crl() {
+        Ok(Some(der)) => {
+            if let Err(e) = crl.update(&der) {
+                eprintln!(
+                    "warning: ignoring {}: {e}; the current CRL is fetched from the cluster",
+                    cfg.path(CRL_FILE).display()
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: {}", e.message),
+    }
+    crl
 }
 
 impl Session {
@@ -148,8 +187,10 @@ impl Session {
         ca: Vec<u8>,
         connect_timeout: Duration,
     ) -> Result<Self> {
+        let crl = cached_crl(cfg, &ca);
         let options = LeaderOptions {
             wait_timeout: connect_timeout,
+            crl: Some(crl.clone()),
             ..LeaderOptions::default()
         };
         let leader = LeaderChannel::new(endpoints.clone(), creds.clone(), ca.clone(), options)
@@ -159,6 +200,7 @@ impl Session {
             .with_attempt_timeout(None);
         let management = Management::new(leader.clone()).with_policy(policy);
         let pin_check = trust::spawn_pin_check(cfg, endpoints.clone(), ca.clone());
+        let crl_cache = (cfg.clone(), crl.number());
         Ok(Session {
             leader,
             management,
@@ -167,6 +209,8 @@ impl Session {
             creds,
             endpoints,
             pin_check,
+            crl,
+            crl_cache,
         })
     }
 
@@ -287,6 +331,7 @@ impl Session {
         let verification = ServerVerification::Cluster {
             ca: self.ca.clone(),
             node_id: Some(id.to_string()),
+            crl: Some(self.crl.clone()),
         };
         let config = client_tls::client_config(&self.creds, verification)
             .map_err(|e| Error::local(format!("building the TLS configuration: {e}")))?;
@@ -346,6 +391,26 @@ mod tests {
         let e = find_node(Vec::new(), "metropolis-00").expect_err("missing");
         assert_eq!(e.kind, crate::error::Kind::Refused);
         assert!(e.message.contains("metroctl node list"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_cached_crl_is_used_only_if_it_is_the_clusters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = ConfigDir::locate(Some(dir.path().to_path_buf())).expect("cfg");
+        let ca_key = identity::SigningKey::generate().expect("key");
+        let ca = identity::templates::cluster_ca(&ca_key).expect("ca");
+        assert_eq!(cached_crl(&cfg, &ca).number(), None, "nothing cached");
+
+        let crl = identity::templates::crl(&ca_key, &ca, &[vec![7]], 5).expect("crl");
+        cfg.save_crl(&crl).expect("save");
+        let held = cached_crl(&cfg, &ca);
+        assert_eq!(held.number(), Some(5));
+        assert!(held.is_serial_revoked(&[7]));
+
+        // A CRL of another CA (a tampered cache, or another cluster's) is ignored.
+        let other_key = identity::SigningKey::generate().expect("key");
+        let other_ca = identity::templates::cluster_ca(&other_key).expect("ca");
+        assert_eq!(cached_crl(&cfg, &other_ca).number(), None);
     }
 
     #[test]

@@ -357,3 +357,104 @@ async fn update_node_is_unimplemented() {
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("not emulated"), "{}", err.message());
 }
+
+/// A deleted node loses its open log stream, over the real authorization layer: the stream
+/// ends with Unauthenticated within a second of the revocation, without the server writing
+/// anything. Nodes hold no READ_NODE_LOGS by default; this server grants it to them so that a
+/// node can open the stream at all. The owner's stream, whose certificate is not revoked,
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_caller_loses_its_log_stream() {
+    use identity::templates;
+    use proto::api::node_management_client::NodeManagementClient;
+    use proto::api::node_management_server::NodeManagementServer;
+    use proto::ext::Permission;
+    use rpc::{ClientCredentials, RevocationSet, ServerSecurity, ServerVerification};
+
+    let ca_key = identity::SigningKey::generate().expect("key");
+    let ca = templates::cluster_ca(&ca_key).expect("ca");
+    let server_key = identity::SigningKey::generate().expect("key");
+    let server_cert = templates::node_cert(&ca_key, &ca, &server_key.public_key()).expect("cert");
+    let node_key = identity::SigningKey::generate().expect("key");
+    let node_cert = templates::node_cert(&ca_key, &ca, &node_key.public_key()).expect("cert");
+    let owner_key = identity::SigningKey::generate().expect("key");
+    let owner_cert =
+        templates::user_cert(&ca_key, &ca, &owner_key.public_key(), "owner").expect("cert");
+
+    let revocations = RevocationSet::new();
+    let mut security = ServerSecurity::new(ca.clone(), revocations.clone());
+    security.node_permissions = std::sync::Arc::new(vec![Permission::ReadNodeLogs]);
+    let tls =
+        rpc::server_tls::server_config_for(server_cert, &server_key.to_pkcs8_der(), ca.clone())
+            .expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let tree = sample();
+    tokio::spawn(
+        rpc::serve::server_builder(security)
+            .add_service(NodeManagementServer::new(NodeManagementService::new(
+                tree.clone(),
+            )))
+            .serve_with_incoming(rpc::serve::tls_incoming(listener, tls)),
+    );
+    let open = |creds: ClientCredentials| {
+        let verification = ServerVerification::Cluster {
+            ca: ca.clone(),
+            node_id: Some(identity::node_id(&server_key.public_key())),
+        };
+        let config = rpc::client_tls::client_config(&creds, verification).expect("config");
+        let ch = rpc::client_tls::connect_lazy(&addr, config).expect("channel");
+        let mut req = request("root.a", vec![], BacklogMode::BacklogDisable, 0);
+        req.stream_mode = StreamMode::StreamUnbuffered as i32;
+        async move {
+            NodeManagementClient::new(ch)
+                .logs(req)
+                .await
+                .expect("Logs")
+                .into_inner()
+        }
+    };
+    let mut as_node = open(ClientCredentials::Authenticated {
+        certificate: node_cert,
+        key: node_key.clone(),
+    })
+    .await;
+    let mut as_owner = open(ClientCredentials::Authenticated {
+        certificate: owner_cert,
+        key: owner_key,
+    })
+    .await;
+    tree.leveled(dn("root.a")).info("s.rs:1", "live");
+    for s in [&mut as_node, &mut as_owner] {
+        let msg = tokio::time::timeout(Duration::from_secs(5), s.message())
+            .await
+            .expect("streamed in time")
+            .expect("ok")
+            .expect("a message");
+        assert_eq!(texts(&msg.stream_entries), vec!["live"]);
+    }
+
+    revocations.revoke_node(&identity::node_id(&node_key.public_key()));
+    let revoked = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(1), as_node.message())
+        .await
+        .expect("the stream ends within a second");
+    assert_eq!(
+        end.expect_err("ends with an error").code(),
+        Code::Unauthenticated
+    );
+    println!(
+        "log stream ended {:?} after the revocation",
+        revoked.elapsed()
+    );
+
+    tree.leveled(dn("root.a")).info("s.rs:2", "still streaming");
+    let msg = tokio::time::timeout(Duration::from_secs(5), as_owner.message())
+        .await
+        .expect("streamed in time")
+        .expect("ok")
+        .expect("a message");
+    assert_eq!(texts(&msg.stream_entries), vec!["still streaming"]);
+}

@@ -62,9 +62,18 @@ fn expected_rows() -> Vec<(&'static str, &'static str, bool, Vec<P>)> {
             false,
             vec![P::UpdateNodeSelf],
         ),
+        // Ours: every node follows what the cluster revoked.
+        (
+            CURATOR,
+            "WatchRevocations",
+            false,
+            vec![P::ReadClusterStatus],
+        ),
         (CURATOR_LOCAL, "GetCurrentLeader", true, vec![]),
         // Added by later upstream Monogon (not in the baseline).
         (CURATOR_LOCAL, "GetCACertificate", true, vec![]),
+        // Ours: the cluster CRL, public and signed by the cluster CA.
+        (CURATOR_LOCAL, "GetClusterCRL", true, vec![]),
     ]
 }
 

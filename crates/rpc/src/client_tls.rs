@@ -3,9 +3,11 @@
 //!
 //! Servers are identified by their node certificate, not by DNS names: the verifier ignores the
 //! TLS server name and instead requires exactly one certificate that passes the node-certificate
-//! check against the expected cluster CA, optionally with a given node ID.
+//! check against the expected cluster CA, optionally with a given node ID. Beyond
+//! upstream, a client holding the cluster CRL ([`ClusterCrl`]) also refuses a certificate it
+//! revokes: a deleted node's certificate no longer makes a curator.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -14,9 +16,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::Error;
+use crate::crl::ClusterCrl;
+use crate::serve::Severable;
 use crate::tls_verify::{HandshakeSignatures, refused};
 
 /// How long establishing a connection (TCP + TLS + HTTP/2) may take.
@@ -52,21 +57,28 @@ impl std::fmt::Debug for ClientCredentials {
 /// How a client checks the server it talks to.
 #[derive(Debug, Clone)]
 pub enum ServerVerification {
-    /// The server must present a node certificate of this cluster CA (DER), and, if given, be
-    /// this node.
+    /// The server must present a node certificate of this cluster CA (DER), not revoked by
+    /// `crl` if one is given, and, if given, be node `node_id`.
     Cluster {
         ca: Vec<u8>,
         node_id: Option<String>,
+        crl: Option<ClusterCrl>,
     },
     /// No verification at all: only for trust-on-first-use fetching of the cluster CA, whose
     /// fingerprint the user then confirms.
     Insecure,
 }
 
+/// Where a verifier leaves the certificate the server presented (accepted or not), for
+/// callers that need to know it: the leader channel re-checks its leader when the CRL
+/// changes, and a refused connection can be told apart from an unreachable server.
+pub type Presented = Arc<Mutex<Option<Vec<u8>>>>;
+
 #[derive(Debug)]
 struct NodeCertVerifier {
     verification: ServerVerification,
     signatures: HandshakeSignatures,
+    presented: Option<Presented>,
 }
 
 impl ServerCertVerifier for NodeCertVerifier {
@@ -78,7 +90,10 @@ impl ServerCertVerifier for NodeCertVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ServerVerification::Cluster { ca, node_id } = &self.verification else {
+        if let Some(presented) = &self.presented {
+            *presented.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.to_vec());
+        }
+        let ServerVerification::Cluster { ca, node_id, crl } = &self.verification else {
             return Ok(ServerCertVerified::assertion());
         };
         if !intermediates.is_empty() {
@@ -88,11 +103,24 @@ impl ServerCertVerifier for NodeCertVerifier {
         }
         let key = identity::verify::verify_node_cert(end_entity.as_ref(), ca)
             .map_err(|e| refused(format!("server is not a node of the expected cluster: {e}")))?;
-        if let Some(want) = node_id {
-            let got = identity::node_id(&key);
-            if &got != want {
-                return Err(refused(format!("server is node {got}, expected {want}")));
-            }
+        let got = identity::node_id(&key);
+        if let Some(want) = node_id
+            && &got != want
+        {
+            return Err(refused(format!("server is node {got}, expected {want}")));
+        }
+        if crl
+            .as_ref()
+            .is_some_and(|crl| crl.is_revoked(end_entity.as_ref()))
+        {
+            tracing::warn!(
+                node = %got,
+                "SECURITY: refusing server {got}: its node certificate is revoked by the cluster \
+                 CRL (the node was deleted; whoever presents it now is not a member)"
+            );
+            return Err(refused(format!(
+                "server {got} presented a revoked node certificate"
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -125,10 +153,20 @@ pub fn client_config(
     creds: &ClientCredentials,
     verification: ServerVerification,
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
+    client_config_presented(creds, verification, None)
+}
+
+/// [`client_config`], also leaving the certificate the server presents in `presented`.
+pub fn client_config_presented(
+    creds: &ClientCredentials,
+    verification: ServerVerification,
+    presented: Option<Presented>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
     let provider = crate::crypto_provider();
     let verifier = Arc::new(NodeCertVerifier {
         verification,
         signatures: HandshakeSignatures::default(),
+        presented,
     });
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -183,6 +221,24 @@ pub async fn connect(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Ch
         })
 }
 
+/// Like [`connect`], but every connection of the channel (the first and any reconnection)
+/// fails as soon as `sever` is cancelled: for dropping a server whose word is no longer taken
+/// (the leader channel severs a leader whose certificate was revoked), whatever calls and
+/// streams are open on it.
+pub async fn connect_severable(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    sever: CancellationToken,
+) -> Result<Channel, Error> {
+    endpoint(addr)?
+        .connect_with_connector(severable_connector(config, sever))
+        .await
+        .map_err(|source| Error::Connect {
+            endpoint: addr.to_string(),
+            source,
+        })
+}
+
 /// Like [`connect`], but connects on first use (and reconnects after failures).
 pub fn connect_lazy(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, Error> {
     Ok(endpoint(addr)?.connect_with_connector_lazy(connector(config)))
@@ -193,7 +249,22 @@ pub fn connector(
     config: Arc<rustls::ClientConfig>,
 ) -> impl tower_service::Service<
     Uri,
-    Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Response = TokioIo<Severable<tokio_rustls::client::TlsStream<TcpStream>>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    severable_connector(config, CancellationToken::new())
+}
+
+/// [`connector`] whose connections fail once `sever` is cancelled.
+fn severable_connector(
+    config: Arc<rustls::ClientConfig>,
+    sever: CancellationToken,
+) -> impl tower_service::Service<
+    Uri,
+    Response = TokioIo<Severable<tokio_rustls::client::TlsStream<TcpStream>>>,
     Error = std::io::Error,
     Future = impl Send,
 > + Clone
@@ -201,6 +272,7 @@ pub fn connector(
 + 'static {
     tower::service_fn(move |uri: Uri| {
         let config = config.clone();
+        let sever = sever.clone();
         async move {
             let bad = |m: &str| {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {m}"))
@@ -218,7 +290,11 @@ pub fn connector(
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await?;
-            Ok(TokioIo::new(tls))
+            Ok(TokioIo::new(Severable::new(
+                tls,
+                sever,
+                "connection severed by the client",
+            )))
         }
     })
 }

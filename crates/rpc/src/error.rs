@@ -20,6 +20,9 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A CRL is not a CRL of the cluster CA (or cannot be ordered).
+    #[error("cluster CRL refused: {reason}")]
+    Crl { reason: String },
     /// Binding or accepting on a listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),

@@ -8,13 +8,17 @@
 //! 1. picks the next known curator endpoint (round robin over the seeds plus every leader
 //!    address learned since, plus [`LeaderChannel::add_endpoints`]),
 //! 2. dials it with the caller's credentials, checking only that the server holds a node
-//!    certificate of the cluster CA (any node may answer discovery),
+//!    certificate of the cluster CA that the cluster CRL does not revoke (any node may answer
+//!    discovery), and, if the caller gave a [`ClusterCrl`], first asks it for the cluster CRL
+//!    (installed only if it verifies and is newer, see [`crate::crl`]),
 //! 3. streams `GetCurrentLeader`; for every response naming a new leader it dials
-//!    `leader_host:leader_port` **pinned to `leader_node_id`** and only then publishes that
+//!    `leader_host:leader_port` **pinned to `leader_node_id`**, refuses it if its certificate
+//!    is revoked or the caller's [`LeaderCheck`] refuses it, and only then publishes that
 //!    channel. A follower (or anything that got hold of a node certificate) can therefore name
-//!    the wrong address, but can never redirect the client to a server that is not that node.
-//!    A leader that reported no address is reached through the local override map (a node maps
-//!    its own ID to its own address), or not at all,
+//!    the wrong address, but can never redirect the client to a server that is not that node,
+//!    nor to a node the caller does not accept as leader. A leader that reported no address is
+//!    reached through the local override map (a node maps its own ID to its own address), or
+//!    not at all,
 //! 4. on any error or end of the stream, records why, backs off exponentially
 //!    ([`LeaderOptions::discovery_backoff`], reset after every usable answer) and continues with
 //!    the next endpoint. It never gives up while a handle is alive.
@@ -29,11 +33,26 @@
 //! [`RetryPolicy`]. Between attempts it waits for the policy's pause, which a newly published
 //! leader ends at once: a known new leader is tried without delay.
 //!
-//! Where later checks fit: whether a named leader may be used at all (e.g. refusing revoked
-//! curators, or nodes without the ConsensusMember role) belongs to `Updater::connect_leader`,
-//! before anything is published; a redirect learned from a failed call (a follower naming the
-//! leader) would be handed to the updater the same way a `GetCurrentLeader` answer is, and
-//! the pause of [`LeaderChannel::call`] ends as soon as it is published.
+//! Who may be leader. Upstream follows whatever node a discovery answer names, as long as it
+//! holds a node certificate of the cluster; a deleted node (its key stolen, or its machine
+//! simply still running) or any node at all could then pose as the leader and order its
+//! clients around. Here `Updater::connect_leader` refuses, before anything is published:
+//!
+//! * a leader whose certificate the cluster CRL revokes (with [`LeaderOptions::crl`]). The
+//!   updater keeps that CRL current: when it starts it fetches the CRL from every known
+//!   curator at once, then from every curator it asks for the leader, from all of them again
+//!   every [`CRL_REFRESH_INTERVAL`], and whenever [`LeaderChannel::refresh_crl`] is called. When a newer CRL revokes the
+//!   published leader, the leader is withdrawn, every connection to it is severed (open
+//!   calls and streams fail at once, so their owners come back for the next leader) and
+//!   discovery starts over;
+//! * a leader the caller's [`LeaderCheck`] refuses ([`LeaderOptions::leader_check`]): nodes
+//!   accept only nodes holding the ConsensusMember role, which they know independently of the
+//!   leader (their own etcd member, or their cluster directory).
+//!
+//! Each refusal is logged as a warning starting with `SECURITY:` and naming the node. A
+//! redirect learned from a failed call (a follower naming the leader) would be handed to the
+//! updater the same way a `GetCurrentLeader` answer is, and the pause of
+//! [`LeaderChannel::call`] ends as soon as it is published.
 //!
 //! All waiting uses tokio's clock. Nothing here logs credentials: [`ClientCredentials`]'s
 //! `Debug` shows the public key only.
@@ -43,14 +62,17 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use proto::curator_api::curator_local_client::CuratorLocalClient;
 use proto::curator_api::{GetCurrentLeaderRequest, GetCurrentLeaderResponse};
 use tokio::sync::{Notify, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::Error;
-use crate::client_tls::{self, ClientCredentials, ServerVerification};
+use crate::client_tls::{self, ClientCredentials, Presented, ServerVerification};
+use crate::crl::{self, ClusterCrl, Refresh};
 use crate::error::error_chain;
 use crate::retry::{Backoff, Delays, RetryPolicy, Run, is_transient};
 
@@ -68,9 +90,23 @@ pub const DISCOVERY_BACKOFF: Backoff =
 /// keepalive detects dead peers.
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a channel with a CRL fetches it from every known curator. Revocations (node
+/// deletions) are rare and a client learns them sooner from every curator it asks for the
+/// leader; this bounds how long a client that follows one leader's discovery stream (a
+/// leader that may itself have been deleted meanwhile) can go without hearing of one.
+pub const CRL_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Upper bound of the endpoint list: responses add addresses, and a misbehaving server must
 /// not make it grow without bound.
 const MAX_ENDPOINTS: usize = 64;
+
+/// A check a named leader must pass before a [`LeaderChannel`] uses it, on top of the
+/// certificate checks (see the module documentation).
+pub trait LeaderCheck: Send + Sync + std::fmt::Debug {
+    /// `Ok` if `leader` (whose certificate was verified to be that node's, and not revoked)
+    /// may be used as the curator leader; otherwise why not.
+    fn check<'a>(&'a self, leader: &'a LeaderInfo) -> BoxFuture<'a, Result<(), String>>;
+}
 
 /// Tuning of a [`LeaderChannel`].
 #[derive(Debug, Clone)]
@@ -83,6 +119,12 @@ pub struct LeaderOptions {
     pub local_overrides: HashMap<String, String>,
     /// Pauses between discovery attempts.
     pub discovery_backoff: Backoff,
+    /// The cluster CRL (of the same CA): curators it revokes are refused, and the channel
+    /// keeps it current (see the module documentation). Without it, revocation is not
+    /// checked (upstream's behaviour).
+    pub crl: Option<ClusterCrl>,
+    /// A check every leader must pass before it is used.
+    pub leader_check: Option<Arc<dyn LeaderCheck>>,
 }
 
 impl Default for LeaderOptions {
@@ -91,6 +133,8 @@ impl Default for LeaderOptions {
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             local_overrides: HashMap::new(),
             discovery_backoff: DISCOVERY_BACKOFF,
+            crl: None,
+            leader_check: None,
         }
     }
 }
@@ -125,6 +169,17 @@ struct Handle {
 struct Published {
     info: LeaderInfo,
     channel: Channel,
+    /// The certificate it presented (DER), re-checked when the CRL changes.
+    certificate: Option<Vec<u8>>,
+    /// Severs every connection to it (when its certificate is revoked).
+    sever: CancellationToken,
+}
+
+/// A leader connected to but not published yet.
+struct Connected {
+    channel: Channel,
+    certificate: Option<Vec<u8>>,
+    sever: CancellationToken,
 }
 
 /// State the handles and the updater both touch. Only short, non-async critical sections.
@@ -132,6 +187,9 @@ struct Shared {
     endpoints: Mutex<Vec<String>>,
     endpoints_added: Notify,
     diagnostics: Mutex<Diagnostics>,
+    /// The caller's credentials and CRL, for [`LeaderChannel::refresh_crl`].
+    creds: ClientCredentials,
+    crl: Option<ClusterCrl>,
 }
 
 /// Why no leader is known yet, for the Unavailable message.
@@ -152,17 +210,27 @@ impl LeaderChannel {
         options: LeaderOptions,
     ) -> Result<Self, Error> {
         validate_endpoints(seeds.iter().chain(options.local_overrides.values()))?;
+        if let Some(crl) = &options.crl
+            && crl.ca() != ca.as_slice()
+        {
+            return Err(Error::Crl {
+                reason: "the CRL given belongs to another cluster CA than the channel".to_string(),
+            });
+        }
         let discovery = client_tls::client_config(
             &creds,
             ServerVerification::Cluster {
                 ca: ca.clone(),
                 node_id: None,
+                crl: options.crl.clone(),
             },
         )?;
         let shared = Arc::new(Shared {
             endpoints: Mutex::new(Vec::new()),
             endpoints_added: Notify::new(),
             diagnostics: Mutex::new(Diagnostics::default()),
+            creds: creds.clone(),
+            crl: options.crl.clone(),
         });
         shared.add_endpoints(seeds);
         let (leader_tx, leader) = watch::channel(None);
@@ -176,6 +244,8 @@ impl LeaderChannel {
             overrides: options.local_overrides,
             backoff: options.discovery_backoff.delays(),
             cursor: 0,
+            crl: options.crl,
+            leader_check: options.leader_check,
             leader_tx,
             info_tx,
         };
@@ -199,6 +269,29 @@ impl LeaderChannel {
             .wait_leader(&mut leader, self.handle.wait_timeout)
             .await?
             .channel)
+    }
+
+    /// The current leader and a channel to it, waiting like [`LeaderChannel::channel`]: for
+    /// callers that must know which curator they act on the word of.
+    pub async fn leader(&self) -> Result<(LeaderInfo, Channel), Status> {
+        let mut leader = self.handle.leader.clone();
+        let published = self
+            .wait_leader(&mut leader, self.handle.wait_timeout)
+            .await?;
+        Ok((published.info, published.channel))
+    }
+
+    /// The cluster CRL this channel checks curators against, if it was given one.
+    pub fn crl(&self) -> Option<&ClusterCrl> {
+        self.handle.shared.crl.as_ref()
+    }
+
+    /// Fetches the cluster CRL from every known curator endpoint at once and installs the
+    /// newest valid one ([`crl::refresh`]); a newer CRL that revokes the published leader
+    /// withdraws it. `None` if the channel has no CRL.
+    pub async fn refresh_crl(&self) -> Option<Refresh> {
+        let crl = self.handle.shared.crl.as_ref()?;
+        Some(crl::refresh(crl, &self.handle.shared.creds, &self.endpoints()).await)
     }
 
     /// The leader currently published, if any.
@@ -394,6 +487,8 @@ enum DiscoveryError {
         endpoint: String,
         reason: String,
     },
+    #[error("leader {0} withdrawn: the cluster CRL now revokes its certificate")]
+    Revoked(String),
 }
 
 impl From<Status> for DiscoveryError {
@@ -451,6 +546,26 @@ fn leader_from(
     Ok(LeaderInfo { node_id, endpoint })
 }
 
+/// Fetches the CRL from every known curator every [`CRL_REFRESH_INTERVAL`], for as long as
+/// the updater runs (a client following a leader's discovery stream asks nobody else
+/// otherwise); the updater reacts to a newer CRL (see `Updater::follow`).
+async fn refresh_crl_periodically(shared: Arc<Shared>) {
+    let Some(crl) = shared.crl.clone() else {
+        return std::future::pending().await;
+    };
+    let start = tokio::time::Instant::now() + CRL_REFRESH_INTERVAL;
+    let mut tick = tokio::time::interval_at(start, CRL_REFRESH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let endpoints = lock(&shared.endpoints).clone();
+        let refresh = crl::refresh(&crl, &shared.creds, &endpoints).await;
+        if refresh.answered.is_empty() {
+            tracing::debug!(failed = ?refresh.failed, "no curator answered for the cluster CRL");
+        }
+    }
+}
+
 /// The background task behind a [`LeaderChannel`].
 struct Updater {
     shared: Arc<Shared>,
@@ -460,6 +575,8 @@ struct Updater {
     overrides: HashMap<String, String>,
     backoff: Delays,
     cursor: usize,
+    crl: Option<ClusterCrl>,
+    leader_check: Option<Arc<dyn LeaderCheck>>,
     leader_tx: watch::Sender<Option<Published>>,
     info_tx: watch::Sender<Option<LeaderInfo>>,
 }
@@ -467,13 +584,27 @@ struct Updater {
 impl Updater {
     /// Runs until the last handle is gone; dropping `run` closes every connection it holds.
     async fn run_until(self, stopped: oneshot::Receiver<()>) {
+        let refresh = refresh_crl_periodically(self.shared.clone());
         tokio::select! {
             _ = stopped => tracing::debug!("leader updater stopped: no handle left"),
             _ = self.run() => {}
+            _ = refresh => {}
         }
     }
 
     async fn run(mut self) {
+        // Before trusting anyone's word on who leads, learn what every known curator knows
+        // about revocations: one stale or lying discovery server must not be enough to make a
+        // revoked node the leader.
+        if let Some(crl) = &self.crl {
+            let endpoints = lock(&self.shared.endpoints).clone();
+            let refresh = crl::refresh(crl, &self.creds, &endpoints).await;
+            tracing::debug!(
+                answered = ?refresh.answered,
+                failed = ?refresh.failed,
+                "initial cluster CRL fetch"
+            );
+        }
         loop {
             let endpoint = self.next_endpoint().await;
             self.shared.note_attempt(&endpoint);
@@ -499,24 +630,50 @@ impl Updater {
     /// Streams GetCurrentLeader from `endpoint` and applies every answer until something goes
     /// wrong; returns what did.
     async fn follow(&mut self, endpoint: &str) -> DiscoveryError {
+        if let Err(error) = self.withdraw_revoked_leader() {
+            return error;
+        }
         let mut stream = match self.open_stream(endpoint).await {
             Ok(stream) => stream,
             Err(error) => return error,
         };
-        let mut timeout = Some(FIRST_ANSWER_TIMEOUT);
+        let mut crl_changes = self.crl.as_ref().map(ClusterCrl::subscribe);
+        let first_answer = tokio::time::Instant::now() + FIRST_ANSWER_TIMEOUT;
+        let mut answered = false;
         loop {
-            let next = match timeout.take() {
-                Some(t) => match tokio::time::timeout(t, stream.message()).await {
+            let message = async {
+                if answered {
+                    Ok(stream.message().await)
+                } else {
+                    tokio::time::timeout_at(first_answer, stream.message())
+                        .await
+                        .map_err(|_| DiscoveryError::Silent(FIRST_ANSWER_TIMEOUT))
+                }
+            };
+            let crl_changed = async {
+                match crl_changes.as_mut() {
+                    Some(changes) => changes.changed().await.is_ok(),
+                    None => false,
+                }
+            };
+            let next = tokio::select! {
+                next = message => match next {
                     Ok(next) => next,
-                    Err(_) => return DiscoveryError::Silent(t),
+                    Err(error) => return error,
                 },
-                None => stream.message().await,
+                true = crl_changed => {
+                    if let Err(error) = self.withdraw_revoked_leader() {
+                        return error;
+                    }
+                    continue;
+                }
             };
             let response = match next {
                 Ok(Some(response)) => response,
                 Ok(None) => return DiscoveryError::Ended,
                 Err(status) => return status.into(),
             };
+            answered = true;
             if let Err(error) = self.apply(&response).await {
                 return error;
             }
@@ -531,6 +688,13 @@ impl Updater {
         let channel = client_tls::connect(endpoint, self.discovery.clone())
             .await
             .map_err(|e| DiscoveryError::Connect(error_chain(&e)))?;
+        if let Some(crl) = &self.crl {
+            // Curators that predate GetClusterCRL answer Unimplemented; that only means this
+            // one cannot tell us about revocations.
+            if let Err(why) = crl::fetch_on(crl, channel.clone(), endpoint).await {
+                tracing::debug!(%endpoint, "no cluster CRL from this curator: {why}");
+            }
+        }
         let mut client = CuratorLocalClient::new(channel);
         let call = client.get_current_leader(GetCurrentLeaderRequest {});
         match tokio::time::timeout(FIRST_ANSWER_TIMEOUT, call).await {
@@ -548,13 +712,15 @@ impl Updater {
         if self.info_tx.borrow().as_ref() == Some(&info) {
             return Ok(());
         }
-        let channel = self.connect_leader(&info).await?;
-        self.publish(info, channel);
+        let connected = self.connect_leader(&info).await?;
+        self.publish(info, connected);
         Ok(())
     }
 
-    /// Connects to the leader, refusing any server that is not that very node of our cluster.
-    async fn connect_leader(&self, info: &LeaderInfo) -> Result<Channel, DiscoveryError> {
+    /// Connects to the leader, refusing any server that is not that very node of our cluster,
+    /// whose certificate is revoked, or that the caller's check refuses; returns the channel
+    /// and the certificate the leader presented.
+    async fn connect_leader(&self, info: &LeaderInfo) -> Result<Connected, DiscoveryError> {
         let refused = |reason: String| DiscoveryError::Leader {
             node_id: info.node_id.clone(),
             endpoint: info.endpoint.clone(),
@@ -563,22 +729,73 @@ impl Updater {
         let verification = ServerVerification::Cluster {
             ca: self.ca.clone(),
             node_id: Some(info.node_id.clone()),
+            crl: self.crl.clone(),
         };
-        let config = client_tls::client_config(&self.creds, verification)
-            .map_err(|e| refused(error_chain(&e)))?;
-        client_tls::connect(&info.endpoint, config)
+        let presented = Presented::default();
+        let config =
+            client_tls::client_config_presented(&self.creds, verification, Some(presented.clone()))
+                .map_err(|e| refused(error_chain(&e)))?;
+        let sever = CancellationToken::new();
+        let channel = client_tls::connect_severable(&info.endpoint, config, sever.clone())
             .await
-            .map_err(|e| refused(error_chain(&e)))
+            .map_err(|e| refused(error_chain(&e)))?;
+        if let Some(check) = &self.leader_check
+            && let Err(reason) = check.check(info).await
+        {
+            tracing::warn!(
+                leader = %info.node_id,
+                endpoint = %info.endpoint,
+                "SECURITY: refusing curator {} at {} as leader: {reason}",
+                info.node_id,
+                info.endpoint
+            );
+            return Err(refused(reason));
+        }
+        let certificate = presented.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok(Connected {
+            channel,
+            certificate,
+            sever,
+        })
     }
 
-    fn publish(&self, info: LeaderInfo, channel: Channel) {
+    fn publish(&self, info: LeaderInfo, connected: Connected) {
         tracing::info!(leader = %info.node_id, endpoint = %info.endpoint, "curator leader changed");
         // The channel first: whoever sees the new info can already get its channel.
         self.leader_tx.send_replace(Some(Published {
             info: info.clone(),
-            channel,
+            channel: connected.channel,
+            certificate: connected.certificate,
+            sever: connected.sever,
         }));
         self.info_tx.send_replace(Some(info));
+    }
+
+    /// Withdraws the published leader if the CRL now revokes its certificate, so that callers
+    /// wait for a new one instead of obeying it.
+    fn withdraw_revoked_leader(&self) -> Result<(), DiscoveryError> {
+        let Some(crl) = &self.crl else {
+            return Ok(());
+        };
+        let revoked = self.leader_tx.borrow().as_ref().and_then(|published| {
+            let certificate = published.certificate.as_deref()?;
+            crl.is_revoked(certificate)
+                .then(|| (published.info.node_id.clone(), published.sever.clone()))
+        });
+        let Some((node_id, sever)) = revoked else {
+            return Ok(());
+        };
+        // Calls and streams already open on it (a watch, a heartbeat stream) end now, so
+        // their owners come back for the next leader.
+        sever.cancel();
+        tracing::warn!(
+            leader = %node_id,
+            "SECURITY: withdrawing curator leader {node_id}: the cluster CRL now revokes its \
+             certificate"
+        );
+        self.leader_tx.send_replace(None);
+        self.info_tx.send_replace(None);
+        Err(DiscoveryError::Revoked(node_id))
     }
 }
 

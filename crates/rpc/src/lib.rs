@@ -11,13 +11,16 @@
 //! * [`revocation`]: a shared set of revoked node IDs and certificate serials the layer consults
 //!   on every call, so a deleted node is refused on its very next call (upstream never refuses it).
 //! * [`client_tls`]: client credentials (authenticated, ephemeral, none) and server verification
-//!   (node certificate of the expected cluster CA, optionally a given node ID; or insecure for
-//!   trust-on-first-use fetching of the CA).
+//!   (node certificate of the expected cluster CA, not revoked by the cluster CRL if one is
+//!   given, optionally a given node ID; or insecure for trust-on-first-use fetching of the CA).
+//! * [`crl`]: the cluster CRL as a client holds it: only CRLs of the cluster CA, never an older
+//!   one, fetched from any curator (`CuratorLocal.GetClusterCRL`).
 //! * [`retry`]: client resilience: the one classifier of transient failures, the backoff
 //!   policy, per-attempt timeouts and call deadlines.
 //! * [`leader`]: a client channel that follows the curator leader through
 //!   `CuratorLocal.GetCurrentLeader` (upstream's `metropolis:///control` resolver), retrying
-//!   calls that hit a follower or a lost leadership under a [`RetryPolicy`].
+//!   calls that hit a follower or a lost leadership under a [`RetryPolicy`]; it refuses revoked
+//!   curators and leaders that fail a caller-supplied [`LeaderCheck`].
 //! * [`management`]: a typed client of the cluster API (Management, and the Curator calls an
 //!   operator makes) over the leader channel or a fixed channel.
 //! * [`serve`]: a TLS accept loop with a bounded handshake feeding a tonic router.
@@ -27,6 +30,7 @@
 
 pub mod authz;
 pub mod client_tls;
+pub mod crl;
 pub mod error;
 pub mod leader;
 pub mod management;
@@ -40,8 +44,9 @@ pub mod tls_verify;
 
 pub use authz::{AuthLayer, ServerSecurity};
 pub use client_tls::{ClientCredentials, ServerVerification};
+pub use crl::ClusterCrl;
 pub use error::Error;
-pub use leader::{LeaderChannel, LeaderInfo, LeaderOptions};
+pub use leader::{LeaderChannel, LeaderCheck, LeaderInfo, LeaderOptions};
 pub use management::{CallError, DeleteBypass, Management};
 pub use peer::PeerInfo;
 pub use retry::{Backoff, RetryPolicy, is_transient};

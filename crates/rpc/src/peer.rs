@@ -68,14 +68,33 @@ impl PeerInfo {
     }
 }
 
-/// Classifies a caller of an authenticated method. `certs` is `None` when the connection is not
-/// TLS at all. Every failure is Unauthenticated with a message saying what was wrong.
-pub fn classify_authenticated(
+/// Who an authenticated caller's certificate says it is, before revocation and permissions
+/// are looked at: a pure function of the certificate and the cluster CA, so servers may
+/// remember it (see `crate::authz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// A node certificate.
+    Node {
+        /// `metropolis-…` ID derived from the public key.
+        id: String,
+        /// The node's Ed25519 public key.
+        public_key: PublicKey,
+    },
+    /// A user certificate with this CN.
+    User {
+        /// The certificate's CN.
+        identity: String,
+    },
+}
+
+/// Identifies a caller of an authenticated method from its certificate (signature checks
+/// included; the expensive part); also returns the certificate's serial. `certs` is `None`
+/// when the connection is not TLS at all. Every failure is Unauthenticated with a message
+/// saying what was wrong.
+pub fn identify(
     certs: Option<&[CertificateDer<'_>]>,
     cluster_ca: &[u8],
-    revocations: &RevocationSet,
-    node_permissions: &[Permission],
-) -> Result<PeerInfo, Status> {
+) -> Result<(Identity, Option<Vec<u8>>), Status> {
     let certs =
         certs.ok_or_else(|| Status::unauthenticated("connection is not TLS-authenticated"))?;
     let der = match certs {
@@ -95,32 +114,58 @@ pub fn classify_authenticated(
             "client certificate is not a certificate of this cluster: {e}"
         ))
     })?;
-    if let Ok(serial) = identity::verify::cert_serial(der)
-        && revocations.is_serial_revoked(&serial)
-    {
-        return Err(Status::unauthenticated(
-            "client certificate has been revoked",
-        ));
-    }
+    let serial = identity::verify::cert_serial(der).ok();
     if let Ok(public_key) = identity::verify::verify_node_cert(der, cluster_ca) {
         let id = identity::node_id(&public_key);
-        if revocations.is_node_revoked(&id) {
-            return Err(Status::unauthenticated(format!(
-                "node {id} has been removed from the cluster; its certificate is revoked"
-            )));
-        }
-        return Ok(PeerInfo::Node(NodePeer {
-            id,
-            public_key,
-            permissions: node_permissions.to_vec(),
-        }));
+        return Ok((Identity::Node { id, public_key }, serial));
     }
     if let Ok(identity) = identity::verify::verify_user_cert(der, cluster_ca) {
-        return Ok(PeerInfo::User { identity });
+        return Ok((Identity::User { identity }, serial));
     }
     Err(Status::unauthenticated(
         "client certificate is neither a node nor a user certificate of this cluster",
     ))
+}
+
+/// Admits an identified caller unless its certificate (by serial) or, for a node, its node ID
+/// is revoked: cheap lookups, made on every call.
+pub fn admit(
+    identity: Identity,
+    serial: Option<&[u8]>,
+    revocations: &RevocationSet,
+    node_permissions: &[Permission],
+) -> Result<PeerInfo, Status> {
+    if serial.is_some_and(|s| revocations.is_serial_revoked(s)) {
+        return Err(Status::unauthenticated(
+            "client certificate has been revoked",
+        ));
+    }
+    match identity {
+        Identity::Node { id, public_key } => {
+            if revocations.is_node_revoked(&id) {
+                return Err(Status::unauthenticated(format!(
+                    "node {id} has been removed from the cluster; its certificate is revoked"
+                )));
+            }
+            Ok(PeerInfo::Node(NodePeer {
+                id,
+                public_key,
+                permissions: node_permissions.to_vec(),
+            }))
+        }
+        Identity::User { identity } => Ok(PeerInfo::User { identity }),
+    }
+}
+
+/// Classifies a caller of an authenticated method: [`identify`], then [`admit`].
+pub fn classify_authenticated(
+    certs: Option<&[CertificateDer<'_>]>,
+    cluster_ca: &[u8],
+    revocations: &RevocationSet,
+    node_permissions: &[Permission],
+) -> Result<PeerInfo, Status> {
+    let (identity, serial) = identify(certs, cluster_ca)?;
+    admit(identity, serial.as_deref(), revocations, node_permissions)
 }
 
 /// Classifies a caller of an unauthenticated method; never fails: an unauthenticated

@@ -7,6 +7,9 @@
 
 use tonic_reflection::server::{Builder, v1, v1alpha};
 
+/// Largest reflection request: a symbol or file name.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+
 fn builder(served: &[&str]) -> Builder<'static> {
     let mut builder =
         Builder::configure().register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET);
@@ -22,6 +25,7 @@ pub fn v1(served: &[&str]) -> v1::ServerReflectionServer<impl v1::ServerReflecti
     builder(served)
         .build_v1()
         .expect("the descriptor set is generated at build time and always decodes")
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
 /// The v1alpha reflection service, listing the `served` services.
@@ -29,4 +33,5 @@ pub fn v1alpha(served: &[&str]) -> v1alpha::ServerReflectionServer<impl v1alpha:
     builder(served)
         .build_v1alpha()
         .expect("the descriptor set is generated at build time and always decodes")
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
 }

@@ -158,6 +158,7 @@ impl World {
         let verification = ServerVerification::Cluster {
             ca: self.ca.clone(),
             node_id: Some(self.server_id.clone()),
+            crl: None,
         };
         let config = rpc::client_tls::client_config(&creds, verification).expect("client config");
         rpc::client_tls::connect_lazy(&self.addr, config).expect("endpoint")
@@ -299,10 +300,12 @@ async fn client_refuses_a_server_of_another_cluster_or_node() {
         ServerVerification::Cluster {
             ca: other_ca,
             node_id: None,
+            crl: None,
         },
         ServerVerification::Cluster {
             ca: world.ca.clone(),
             node_id: Some("metropolis-00".to_string()),
+            crl: None,
         },
     ] {
         let config =

@@ -1,15 +1,18 @@
-//! sys: child processes that die with the thread that started them.
+//! sys: the few operating-system facilities std lacks, in one small crate.
 //!
-//! etcd members, throwaway PostgreSQL servers and the nodes of a launched cluster must not
-//! outlive their owner when it is killed without running destructors (SIGKILL, an abort, a
-//! test harness that exits). Linux offers exactly that with `prctl(PR_SET_PDEATHSIG)`, which
-//! the child has to call on itself between fork and exec. std's only hook for code at that
-//! point is `CommandExt::pre_exec`, which is `unsafe`: the closure runs in a forked copy of a
-//! multi-threaded process, where only async-signal-safe operations are sound.
+//! * [`set_parent_death_signal`]: child processes that die with the thread that started them.
+//!   etcd members, throwaway PostgreSQL servers and the nodes of a launched cluster must not
+//!   outlive their owner when it is killed without running destructors (SIGKILL, an abort, a
+//!   test harness that exits). Linux offers exactly that with `prctl(PR_SET_PDEATHSIG)`, which
+//!   the child has to call on itself between fork and exec. std's only hook for code at that
+//!   point is `CommandExt::pre_exec`, which is `unsafe`: the closure runs in a forked copy of a
+//!   multi-threaded process, where only async-signal-safe operations are sound.
+//! * [`raise_open_file_limit`]: servers hold a descriptor per connection, and the usual soft
+//!   limit (1024) is far below what their listeners admit.
 //!
-//! This is the only `unsafe` code of the workspace; every other crate forbids it. The system
-//! calls themselves go through rustix's safe wrappers, so the one `unsafe` block is the
-//! `pre_exec` registration and its soundness argument is about the closure alone.
+//! The `pre_exec` registration is the only `unsafe` code of the workspace; every other crate
+//! forbids it. The system calls themselves go through rustix's safe wrappers, so the one
+//! `unsafe` block's soundness argument is about the closure alone.
 
 #![deny(unsafe_code)]
 
@@ -17,6 +20,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 pub use rustix::process::Signal;
+
+mod limits;
+pub use limits::{OpenFileLimit, raise_open_file_limit};
 
 /// Makes the kernel send `signal` to the child that `cmd` starts when the *thread* that
 /// spawns it exits (Linux ties the parent-death signal to the spawning thread, not to the

@@ -127,6 +127,7 @@ async fn open(job: &Job, ca: &[u8], seed: &str, cert: &str) -> Result<Stream> {
     let verification = ServerVerification::Cluster {
         ca: ca.to_vec(),
         node_id: Some(job.leader_id.clone()),
+        crl: None,
     };
     let config = rpc::client_tls::client_config(&creds, verification)?;
     tokio::time::timeout(SETUP_TIMEOUT, async {

@@ -28,6 +28,27 @@ pub const PARAMETERS_FILE: &str = "parameters.pb";
 /// File name of the installation metadata in the install target.
 pub const METADATA_FILE: &str = "installation.json";
 
+/// `report` with its error text cut so that it fits in `limit` bytes (serialized): an error
+/// can quote anything (a failing tool's output), and a report the server refuses would leave
+/// the installation unreported.
+pub fn fit_report(mut report: OsInstallationReport, limit: usize) -> OsInstallationReport {
+    use prost::Message as _;
+    let excess = report.encoded_len().saturating_sub(limit);
+    if excess == 0 {
+        return report;
+    }
+    if let Some(ReportResult::Error(e)) = &mut report.result {
+        // Room for the marker and the length prefix shrinking by a few bytes.
+        let mut keep = e.error.len().saturating_sub(excess + 64);
+        while !e.error.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        e.error.truncate(keep);
+        e.error.push_str("… (cut to fit the report size limit)");
+    }
+    report
+}
+
 /// Installs, and returns the report to send.
 pub async fn install(config: &Config, request: &OsInstallationRequest) -> OsInstallationReport {
     let target = config.install_target.clone();
@@ -114,4 +135,33 @@ fn install_blocking(
     )
     .map_err(|e| format!("writing installation metadata: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn error_reports_are_cut_to_fit() {
+        let report = |error: String| OsInstallationReport {
+            generation: 3,
+            result: Some(ReportResult::Error(os_installation_report::Error { error })),
+        };
+        let short = report("disk on fire".into());
+        assert_eq!(fit_report(short.clone(), 1024), short);
+        let long = fit_report(report("é".repeat(100_000)), 1024);
+        assert!(long.encoded_len() <= 1024, "{}", long.encoded_len());
+        assert_eq!(long.generation, 3);
+        match long.result {
+            Some(ReportResult::Error(e)) => assert!(e.error.ends_with("size limit)")),
+            other => panic!("{other:?}"),
+        }
+        let success = OsInstallationReport {
+            generation: 1,
+            result: Some(ReportResult::Success(os_installation_report::Success {})),
+        };
+        assert_eq!(fit_report(success.clone(), 16), success);
+    }
 }

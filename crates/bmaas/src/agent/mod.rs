@@ -15,7 +15,13 @@
 //! * an installation request with a generation not yet attempted is carried out
 //!   ([`install`]) and its report (success or error) goes with the next heartbeat, sent at
 //!   once. Upstream then syncs and reboots into the installed OS; we cannot reboot the machine
-//!   we run on, so the agent logs that a reboot would happen and keeps heartbeating.
+//!   we run on, so the agent logs that a reboot would happen and keeps heartbeating;
+//! * reports are made to fit the server's size limits before they are sent ([`ReportLimits`]:
+//!   the hardware report loses warnings, then details; an installation error is cut), and a
+//!   report the server still refuses as invalid or too large is dropped, logged, and the
+//!   heartbeat sent again at once without it. Upstream sent the refused report again with
+//!   every heartbeat, each one refused, so its machine stopped heartbeating for good (and was
+//!   eventually "recovered" by the Shepherd) over a report.
 
 pub mod install;
 pub mod tls;
@@ -61,6 +67,27 @@ impl Default for Timing {
     }
 }
 
+/// The sizes (serialized) the agent fits its reports to: the server's limits.
+#[derive(Debug, Clone)]
+pub struct ReportLimits {
+    /// Largest hardware report.
+    pub hardware_report: usize,
+    /// Largest installation report.
+    pub installation_report: usize,
+}
+
+impl Default for ReportLimits {
+    fn default() -> Self {
+        use crate::server::agent_callback::{
+            MAX_HARDWARE_REPORT_BYTES, MAX_INSTALLATION_REPORT_BYTES,
+        };
+        ReportLimits {
+            hardware_report: MAX_HARDWARE_REPORT_BYTES,
+            installation_report: MAX_INSTALLATION_REPORT_BYTES,
+        }
+    }
+}
+
 /// Everything the agent runs with.
 pub struct Config {
     /// The machine's ID in the BMDB.
@@ -77,6 +104,8 @@ pub struct Config {
     pub timing: Timing,
     /// Where the hardware report is read from.
     pub hwreport_sources: crate::hwreport::Sources,
+    /// What the reports are fitted to.
+    pub report_limits: ReportLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -88,6 +117,7 @@ impl std::fmt::Debug for Config {
             .field("agent_public_key", &self.key.public_key())
             .field("install_target", &self.install_target)
             .field("timing", &self.timing)
+            .field("report_limits", &self.report_limits)
             .finish_non_exhaustive()
     }
 }
@@ -128,8 +158,20 @@ impl Config {
             install_target,
             timing,
             hwreport_sources: Default::default(),
+            report_limits: Default::default(),
         })
     }
+}
+
+/// Whether a failed heartbeat was refused for what it carried (a report the server finds
+/// invalid or too large; or one the client could not even encode within its limit) rather
+/// than for a reason that sending it again may cure.
+fn refuses_content(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted
+    )
 }
 
 impl Timing {
@@ -150,6 +192,8 @@ enum HardwareReportState {
     Due,
     /// Delivered.
     Sent,
+    /// Refused by the server even after fitting; not sent again while the process lives.
+    Refused,
 }
 
 /// Heartbeats until the process ends.
@@ -180,10 +224,14 @@ pub async fn run(config: Config) -> Result<()> {
             && report.is_none()
             && let Some(task) = report_task.take()
         {
-            report = Some(task.await.unwrap_or_else(|e| AgentHardwareReport {
+            let gathered = task.await.unwrap_or_else(|e| AgentHardwareReport {
                 report: None,
                 warning: vec![format!("generating the hardware report failed: {e}")],
-            }));
+            });
+            report = Some(crate::hwreport::fit(
+                gathered,
+                config.report_limits.hardware_report,
+            ));
         }
         let attach_report = report_state == HardwareReportState::Due && report.is_some();
         let request = AgentHeartbeatRequest {
@@ -196,6 +244,26 @@ pub async fn run(config: Config) -> Result<()> {
         let result = tokio::time::timeout(config.timing.timeout, client.heartbeat(request)).await;
         let response = match result {
             Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) if refuses_content(status.code()) && attach_report => {
+                tracing::error!(
+                    "the server refused the hardware report ({:?}: {}); it is not sent again",
+                    status.code(),
+                    status.message()
+                );
+                report_state = HardwareReportState::Refused;
+                report = None;
+                continue;
+            }
+            Ok(Err(status)) if refuses_content(status.code()) && pending_report.is_some() => {
+                let generation = pending_report.take().map(|r| r.generation);
+                tracing::error!(
+                    ?generation,
+                    "the server refused the installation report ({:?}: {}); it is not sent again",
+                    status.code(),
+                    status.message()
+                );
+                continue;
+            }
             Ok(Err(status)) => {
                 let wait = backoff.next_delay();
                 tracing::warn!(
@@ -258,7 +326,10 @@ pub async fn run(config: Config) -> Result<()> {
                 tracing::info!(generation = request.generation, "installation requested");
                 let outcome = install::install(&config, &request).await;
                 attempted_generation = Some(request.generation);
-                pending_report = Some(outcome);
+                pending_report = Some(install::fit_report(
+                    outcome,
+                    config.report_limits.installation_report,
+                ));
                 // Report right away.
                 continue;
             }

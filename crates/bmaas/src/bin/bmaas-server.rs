@@ -30,6 +30,8 @@ fn init_logging() {
 async fn main() -> anyhow::Result<()> {
     init_logging();
     let flags = ServerFlags::parse();
+    // The internal and public gRPC listeners.
+    rpc::serve::raise_open_file_limit(2);
     let tls = flags
         .component
         .tls(COMPONENT_NAME)

@@ -11,6 +11,10 @@
 //! them with NVMe/SCSI/ATA commands and ethtool, which need device access we do not assume):
 //! disk health (critical warning, media errors, spare and wear ratios) and the supported link
 //! speeds of NICs.
+//!
+//! A report must fit the server's size limit ([`fit`]): a machine with thousands of odd
+//! devices, or a kernel with something to complain about on every one of them, would otherwise
+//! have its report refused over and over.
 
 pub mod block;
 pub mod cpuinfo;
@@ -22,6 +26,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use prost::Message;
 use proto::cloud::agent::api::{EfiSupport, Node};
 use proto::cloud::bmaas::server::api::AgentHardwareReport;
 
@@ -112,6 +117,48 @@ pub fn gather_from(src: &Sources) -> AgentHardwareReport {
     }
 }
 
+/// Warnings a trimmed report keeps (the first ones).
+const TRIMMED_WARNINGS: usize = 64;
+/// Characters a warning of a trimmed report keeps.
+const TRIMMED_WARNING_CHARS: usize = 512;
+
+/// `report`, made to fit in `limit` bytes (serialized) if it does not: first the warnings are
+/// cut down (the first [`TRIMMED_WARNINGS`], each to [`TRIMMED_WARNING_CHARS`] characters),
+/// then, if that is not enough, the hardware details are dropped. A warning says what was
+/// done, so whoever reads the report knows it is not complete.
+pub fn fit(mut report: AgentHardwareReport, limit: usize) -> AgentHardwareReport {
+    let original = report.encoded_len();
+    if original <= limit {
+        return report;
+    }
+    let dropped = report.warning.len().saturating_sub(TRIMMED_WARNINGS);
+    report.warning.truncate(TRIMMED_WARNINGS);
+    for w in &mut report.warning {
+        if let Some((end, _)) = w.char_indices().nth(TRIMMED_WARNING_CHARS) {
+            w.truncate(end);
+            w.push('…');
+        }
+    }
+    let note = format!(
+        "report trimmed by the agent: {original} bytes are more than the server accepts \
+         ({limit}); {dropped} warnings left out, the others cut to {TRIMMED_WARNING_CHARS} \
+         characters"
+    );
+    report.warning.push(note.clone());
+    if report.encoded_len() <= limit {
+        return report;
+    }
+    let note = format!("{note}; the hardware details were left out too");
+    report.report = None;
+    if let Some(last) = report.warning.last_mut() {
+        last.clone_from(&note);
+    }
+    if report.encoded_len() > limit {
+        report.warning = vec![note];
+    }
+    report
+}
+
 /// ENABLED if EFI runtime services are there, else what the firmware (SMBIOS) claims.
 fn efi_support(sys: &Path, uefi_supported: Option<bool>) -> EfiSupport {
     if sys.join("firmware/efi/runtime").exists() {
@@ -166,6 +213,59 @@ mod tests {
         let path = root.join(rel);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, contents).unwrap();
+    }
+
+    #[test]
+    fn fitting_a_report() {
+        let cpu = |model: String| proto::cloud::agent::api::Cpu {
+            model,
+            ..Default::default()
+        };
+        let small = AgentHardwareReport {
+            report: Some(Node {
+                cpu: vec![cpu("small".into())],
+                ..Default::default()
+            }),
+            warning: vec!["one".into()],
+        };
+        assert_eq!(
+            fit(small.clone(), 1 << 20),
+            small,
+            "reports that fit are kept as they are"
+        );
+
+        // Too many warnings: trimmed, the details kept.
+        let mut chatty = small.clone();
+        chatty.warning = vec!["w".repeat(2000); 1000];
+        let fitted = fit(chatty, 1 << 20);
+        assert!(fitted.encoded_len() <= 1 << 20);
+        assert_eq!(fitted.report, small.report);
+        assert_eq!(fitted.warning.len(), TRIMMED_WARNINGS + 1);
+        assert!(
+            fitted
+                .warning
+                .last()
+                .unwrap()
+                .contains("936 warnings left out")
+        );
+
+        // Too many details: dropped, with a warning saying so.
+        let mut huge = small.clone();
+        huge.report = Some(Node {
+            cpu: vec![cpu("m".repeat(1000)); 2000],
+            ..Default::default()
+        });
+        let fitted = fit(huge, 1 << 20);
+        assert!(fitted.encoded_len() <= 1 << 20);
+        assert_eq!(fitted.report, None);
+        assert!(
+            fitted
+                .warning
+                .last()
+                .unwrap()
+                .contains("details were left out")
+        );
+        assert!(fitted.warning.contains(&"one".to_string()));
     }
 
     /// A fake procfs/sysfs of a small server: NVMe and SATA disks, a loop device and a

@@ -5,17 +5,29 @@
 //! 1. exactly one Ed25519 client certificate [Unauthenticated];
 //! 2. machine_id is a UUID [InvalidArgument]; reports within size limits and well-formed
 //!    [InvalidArgument] (ours: checked before the database is touched);
-//! 3. a BMDB session from the server's long-lived one [Unavailable];
-//! 4. machine ID and certificate key match an agent-started tag [Unauthenticated, with the
-//!    same message for an unknown machine and a wrong key; Unavailable on database failure];
-//! 5. hardware report (if any), installation report (if any), heartbeat = now [Unavailable];
+//! 3. machine ID and certificate key match an agent-started tag, looked up with a plain read
+//!    outside any transaction [Unauthenticated, with the same message for an unknown machine
+//!    and a wrong key; Unavailable on database failure] (ours: whoever can reach the port can
+//!    send heartbeats, and refusing them must not cost a session check and a serializable
+//!    transaction, whose conflicts legitimate agents would then retry);
+//! 4. a BMDB session from the server's long-lived one [Unavailable];
+//! 5. in one transaction: step 3 again (the tag may have changed since), hardware report (if
+//!    any), installation report (if any, and only if it is about the machine's current
+//!    installation request), heartbeat = now [Unavailable];
 //! 6. the pending installation request, if any, goes into the response.
 //!
-//! Steps 4–6 are one serializable transaction (one BEGIN, one session check, one COMMIT): the
+//! Steps 5–6 are one serializable transaction (one BEGIN, one session check, one COMMIT): the
 //! database round trips are what a heartbeat costs (crates/bench, scenario bmaas), and three
 //! transactions took 15 of them where one takes 6. A refused agent's transaction writes
 //! nothing; a failed lookup in step 6 now fails the heartbeat (Unavailable) instead of being
 //! logged after a recorded heartbeat, so the agent simply retries.
+//!
+//! The generation of an installation report is the server's: upstream stored whatever
+//! generation the agent named, so an agent reporting an old or made-up generation replaced the
+//! report of the current installation (making a finished installation look pending, or a
+//! failed one look done). A report whose generation is not the current request's is ignored
+//! (logged); the heartbeat still counts and its answer carries the current request, which is
+//! what such an agent needs to learn.
 
 use std::sync::Arc;
 
@@ -62,6 +74,11 @@ fn clip(s: &str, n: usize) -> String {
         out.push('…');
     }
     out
+}
+
+/// The answer to an agent whose machine or key is unknown.
+fn unknown_agent() -> Status {
+    Status::unauthenticated("machine id or public key unknown")
 }
 
 /// An installation report ready for the BMDB.
@@ -148,16 +165,41 @@ impl AgentCallback for AgentCallbackService {
         } = validate(request.get_ref())?;
         let hardware_report = Arc::new(hardware_report);
         let installation_report = Arc::new(installation_report);
+        let key = key.as_bytes().to_vec();
 
-        // 3.
+        // 3. Unknown machine and wrong key give the same answer, so an agent learns nothing
+        // about machines that are not its own.
+        let known = {
+            let key = key.clone();
+            self.keeper
+                .bmdb()
+                .read(|conn| {
+                    Box::pin(async move {
+                        Ok(
+                            !queries::authenticate_agent_connection(conn, machine_id, &key)
+                                .await?
+                                .is_empty(),
+                        )
+                    })
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(%machine_id, "could not look up the agent: {e}");
+                    Status::unavailable("could not look up the agent")
+                })?
+        };
+        if !known {
+            tracing::debug!(%machine_id, "heartbeat refused: machine id or public key unknown");
+            return Err(unknown_agent());
+        }
+
+        // 4.
         let session = self.keeper.get().await.map_err(|e| {
             tracing::error!("could not get a BMDB session: {e}");
             Status::unavailable("could not start session")
         })?;
 
-        // 4.–6. Unknown machine and wrong key give the same answer, so an agent learns nothing
-        // about machines that are not its own.
-        let key = key.as_bytes().to_vec();
+        // 5.–6.
         let outcome = session
             .transact(|tx| {
                 let key = key.clone();
@@ -172,20 +214,23 @@ impl AgentCallback for AgentCallbackService {
                     if let Some(raw) = hardware_report.as_ref() {
                         queries::machine_set_hardware_report(tx, machine_id, raw).await?;
                     }
-                    if let Some(r) = installation_report.as_ref() {
-                        queries::machine_set_os_installation_report(
-                            tx,
-                            machine_id,
-                            r.generation,
-                            r.result,
-                            &r.raw,
-                        )
-                        .await?;
-                    }
+                    let report_stored = match installation_report.as_ref() {
+                        Some(r) => {
+                            queries::machine_report_os_installation(
+                                tx,
+                                machine_id,
+                                r.generation,
+                                r.result,
+                                &r.raw,
+                            )
+                            .await?
+                        }
+                        None => false,
+                    };
                     queries::machine_set_agent_heartbeat(tx, machine_id).await?;
-                    Ok(Some(
-                        queries::get_exact_machine_for_os_installation(tx, machine_id).await?,
-                    ))
+                    let pending =
+                        queries::get_exact_machine_for_os_installation(tx, machine_id).await?;
+                    Ok(Some((pending, report_stored)))
                 })
             })
             .await
@@ -193,15 +238,24 @@ impl AgentCallback for AgentCallbackService {
                 tracing::error!(%machine_id, "could not submit heartbeat: {e}");
                 Status::unavailable("could not submit heartbeat")
             })?;
-        let Some(pending) = outcome else {
+        let Some((pending, report_stored)) = outcome else {
             tracing::debug!(%machine_id, "heartbeat refused: machine id or public key unknown");
-            return Err(Status::unauthenticated("machine id or public key unknown"));
+            return Err(unknown_agent());
         };
         if hardware_report.is_some() {
             tracing::info!(%machine_id, "hardware report received");
         }
         if let Some(r) = installation_report.as_ref() {
-            tracing::info!(%machine_id, generation = r.generation, result = %r.result, "installation report received");
+            if report_stored {
+                tracing::info!(%machine_id, generation = r.generation, result = %r.result, "installation report received");
+            } else {
+                tracing::warn!(
+                    %machine_id,
+                    generation = r.generation,
+                    pending_request = ?pending.first().map(|p| p.generation),
+                    "installation report ignored: its generation is not the machine's current installation request"
+                );
+            }
         }
         let mut response = AgentHeartbeatResponse::default();
         if let Some(row) = pending.first() {

@@ -125,10 +125,12 @@ impl Server {
         let mut tasks = JoinSet::new();
 
         let operator = operator::OperatorService::new(keeper.clone());
-        let internal = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(OperatorServer::new(operator))
+        // Both gRPC listeners run under rpc's connection and HTTP/2 limits (rpc::serve).
+        let internal = rpc::serve::server()
+            .add_service(
+                OperatorServer::new(operator)
+                    .max_decoding_message_size(operator::MAX_REQUEST_BYTES),
+            )
             .add_service(rpc::reflection::v1(&[operator_server::SERVICE_NAME]))
             .add_service(rpc::reflection::v1alpha(&[operator_server::SERVICE_NAME]))
             .serve_with_incoming_shutdown(
@@ -138,9 +140,7 @@ impl Server {
         tasks.spawn(async move { ("internal gRPC", internal.await.map_err(Error::from)) });
 
         let agent_callback = agent_callback::AgentCallbackService::new(keeper.clone());
-        let public = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        let public = rpc::serve::server()
             .add_service(
                 AgentCallbackServer::new(agent_callback)
                     .max_decoding_message_size(agent_callback::MAX_REQUEST_BYTES),

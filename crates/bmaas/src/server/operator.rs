@@ -19,6 +19,10 @@ use super::convert;
 
 /// Longest provider ID (`VARCHAR(128)` in the schema).
 pub const MAX_PROVIDER_ID_CHARS: usize = 128;
+
+/// Largest Operator request. The largest real one is a RequestOSInstallation whose node
+/// parameters carry a cluster CA certificate and labels: a few KiB.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// Machines fetched per query when listing.
 const LIST_PAGE: i64 = 500;
 

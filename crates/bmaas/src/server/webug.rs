@@ -3,7 +3,8 @@
 //! Two pages: `/` lists every machine with its tags, `/machine/<id>` shows one machine with
 //! its decoded hardware report and work history. It is served by a deliberately tiny HTTP/1.1
 //! responder (one GET per connection, no keep-alive, bounded request size and time) rather
-//! than a web framework: it only ever answers a handful of GETs from a developer's browser.
+//! than a web framework: it only ever answers a handful of GETs from a developer's browser, so
+//! it serves at most [`MAX_CONNECTIONS`] at once.
 //! Everything that came from agents is HTML-escaped.
 
 use std::fmt::Write as _;
@@ -27,6 +28,11 @@ use crate::Result;
 const MAX_REQUEST: usize = 16 << 10;
 /// Time a client gets to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to read the answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed as soon as they are accepted. Each may run a
+/// BMDB query over up to [`INDEX_LIMIT`] machines, and a developer's browser needs a few.
+pub const MAX_CONNECTIONS: usize = 32;
 /// Machines shown on the index page.
 const INDEX_LIMIT: i64 = 1000;
 
@@ -37,12 +43,21 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
     tokio::pin!(stop);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = &mut stop => return Ok(()),
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, keeper.clone()));
+                Ok((stream, remote)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::debug!(%remote, "webug connection refused: {MAX_CONNECTIONS} are open");
+                        continue;
+                    };
+                    let keeper = keeper.clone();
+                    tokio::spawn(async move {
+                        handle(stream, keeper).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("webug accept failed: {e}");
@@ -71,8 +86,11 @@ async fn handle(mut stream: TcpStream, keeper: Arc<SessionKeeper>) {
         reply.body.len(),
         reply.body
     );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Reads up to the end of the request head.

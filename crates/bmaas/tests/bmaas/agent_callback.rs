@@ -370,3 +370,112 @@ async fn latency_and_concurrency() {
     );
     assert_eq!(t.count("machine_agent_heartbeat").await, 21);
 }
+
+/// Unknown machines and wrong keys are refused by a plain read, without a session check or a
+/// serializable transaction: with the sessions table locked (which stops every transaction at
+/// its session check), they are still refused at once, while a known agent's heartbeat waits
+/// for the lock.
+#[tokio::test]
+async fn unknown_agents_are_refused_without_a_transaction() {
+    let t = common::start().await;
+    let key = SigningKey::generate().unwrap();
+    let machine = t.machine_with_agent(&key).await;
+    let mut client = t.agent_client(&key).await;
+    client.heartbeat(request(machine)).await.unwrap();
+
+    let mut lock = t.bmdb.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let within = Duration::from_secs(3);
+    let started = Instant::now();
+    let unknown = tokio::time::timeout(within, t.heartbeat(&key, request(Uuid::new_v4())))
+        .await
+        .expect("an unknown machine is refused while transactions are blocked")
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated, "{unknown:?}");
+    let other = SigningKey::generate().unwrap();
+    let wrong = tokio::time::timeout(within, t.heartbeat(&other, request(machine)))
+        .await
+        .expect("a wrong key is refused while transactions are blocked")
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    eprintln!(
+        "both refused in {:?} with transactions blocked",
+        started.elapsed()
+    );
+
+    // The lock does hold transactions: the real agent waits until it is released.
+    let beat = tokio::spawn(async move { client.heartbeat(request(machine)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !beat.is_finished(),
+        "a known agent's heartbeat runs in a transaction"
+    );
+    lock.rollback().await.unwrap();
+    beat.await.unwrap().unwrap();
+}
+
+/// The generation of a stored installation report is the server's: a report naming another
+/// generation than the current request's is ignored (the heartbeat still counts), so an agent
+/// cannot overwrite the report of the current installation with an old or made-up one.
+#[tokio::test]
+async fn installation_reports_of_other_generations_are_ignored() {
+    let t = common::start().await;
+    let key = SigningKey::generate().unwrap();
+    let machine = t.machine_with_agent(&key).await;
+    let mut client = t.agent_client(&key).await;
+    let stored = || async {
+        t.session
+            .transact(move |tx| Box::pin(async move { queries::get_machine(tx, machine).await }))
+            .await
+            .unwrap()
+            .unwrap()
+            .os_installation_report
+    };
+    let failed = |generation| OsInstallationReport {
+        generation,
+        result: Some(ReportResult::Error(os_installation_report::Error {
+            error: "made up".into(),
+        })),
+    };
+
+    // No request yet: nothing to report on.
+    assert_eq!(beat(&mut client, machine, Some(success(1))).await, None);
+    assert!(stored().await.is_none());
+
+    // Generation 2 is requested and reported done.
+    set_request(&t, machine, 2).await;
+    assert_eq!(beat(&mut client, machine, Some(success(2))).await, None);
+    let done = stored().await.unwrap();
+    assert_eq!(
+        (done.generation, done.os_installation_result),
+        (2, OsInstallationResult::Success)
+    );
+
+    // Reports of an old, a future and a negative generation change nothing.
+    for generation in [1, 3, -1] {
+        assert_eq!(
+            beat(&mut client, machine, Some(failed(generation))).await,
+            None,
+            "generation {generation}"
+        );
+        let after = stored().await.unwrap();
+        assert_eq!(
+            (after.generation, after.os_installation_result),
+            (2, OsInstallationResult::Success),
+            "generation {generation}"
+        );
+    }
+
+    // A new request is answered until it is reported; a report of the previous one does not
+    // stop it.
+    set_request(&t, machine, 3).await;
+    let pending = beat(&mut client, machine, Some(success(2))).await.unwrap();
+    assert_eq!(pending.generation, 3);
+    assert_eq!(beat(&mut client, machine, Some(success(3))).await, None);
+    assert_eq!(stored().await.unwrap().generation, 3);
+    assert_eq!(t.count("machine_agent_heartbeat").await, 1);
+}

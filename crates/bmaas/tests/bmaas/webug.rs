@@ -82,3 +82,43 @@ async fn lists_machines_and_shows_details_escaped() {
             .starts_with("HTTP/1.1 405")
     );
 }
+
+/// Connections beyond the page's limit are closed at once instead of each holding a task and
+/// a database query; a freed place serves pages again.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed() {
+    let t = common::start().await;
+    let addr = t.server().webug_address.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..bmaas::server::webug::MAX_CONNECTIONS {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The listener accepts in order: once a connection past the limit is closed, all the
+    // silent ones hold their places.
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf))
+        .await
+        .expect("a connection over the limit is closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+
+    silent.pop();
+    common::eventually(
+        Duration::from_secs(10),
+        "a page once a place is free",
+        || async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .ok()?;
+            let mut out = String::new();
+            tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
+                .await
+                .ok()?
+                .ok()?;
+            out.starts_with("HTTP/1.1 200 OK").then_some(())
+        },
+    )
+    .await;
+}

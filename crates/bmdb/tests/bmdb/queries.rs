@@ -339,3 +339,72 @@ async fn list_machines_with_tags_and_paging() {
         .unwrap();
     assert!(none.is_none());
 }
+
+/// An agent's report is stored only for the current request's generation, under that
+/// generation; and the plain read outside transactions sees committed tags.
+#[tokio::test]
+async fn agent_reports_follow_the_current_request() {
+    let db = common::open().await;
+    let s = db.start_session().await.unwrap();
+    let m = common::provided_machine(&s, "reporting").await;
+    let report = |generation: i64, result: OsInstallationResult| {
+        let s = s.clone();
+        async move {
+            s.transact(move |tx| {
+                Box::pin(async move {
+                    queries::machine_report_os_installation(tx, m, generation, result, b"raw").await
+                })
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let stored = || {
+        let s = s.clone();
+        async move {
+            s.transact(move |tx| Box::pin(async move { queries::get_machine(tx, m).await }))
+                .await
+                .unwrap()
+                .unwrap()
+                .os_installation_report
+                .map(|r| (r.generation, r.os_installation_result))
+        }
+    };
+
+    assert!(
+        !report(1, OsInstallationResult::Success).await,
+        "no request"
+    );
+    assert_eq!(stored().await, None);
+    s.transact(move |tx| {
+        Box::pin(
+            async move { queries::machine_set_os_installation_request(tx, m, 4, b"req").await },
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        !report(3, OsInstallationResult::Success).await,
+        "old generation"
+    );
+    assert!(
+        !report(5, OsInstallationResult::Success).await,
+        "future generation"
+    );
+    assert_eq!(stored().await, None);
+    assert!(report(4, OsInstallationResult::Error).await);
+    assert_eq!(stored().await, Some((4, OsInstallationResult::Error)));
+    // The same generation again (an agent retrying after a lost answer) replaces it.
+    assert!(report(4, OsInstallationResult::Success).await);
+    assert_eq!(stored().await, Some((4, OsInstallationResult::Success)));
+    assert!(!report(3, OsInstallationResult::Error).await);
+    assert_eq!(stored().await, Some((4, OsInstallationResult::Success)));
+
+    let known = db
+        .read(|conn| {
+            Box::pin(async move { queries::authenticate_agent_connection(conn, m, &[9; 32]).await })
+        })
+        .await
+        .unwrap();
+    assert!(known.is_empty(), "no agent was started with that key");
+}

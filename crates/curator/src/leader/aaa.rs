@@ -83,6 +83,9 @@ async fn escrow(
             "certificates can only be escrowed for the key the connection was made with",
         ));
     }
+    // The caller is unauthenticated until its key is the owner's: it takes its turn among
+    // the others for the check (see `Leader::admit_unauthenticated`).
+    let turn = leader.admit_unauthenticated().await?;
     // As upstream: a missing or unreadable initial owner is FailedPrecondition, not the store
     // error it would otherwise map to.
     let owner = match cluster::initial_owner(&leader.leadership).await {
@@ -100,6 +103,7 @@ async fn escrow(
             "this key is not the cluster owner's key",
         ));
     }
+    drop(turn);
     let certificate = pki::ensure_owner_certificate(leader.ns(), &requested).await?;
     tracing::info!("owner certificate escrowed");
     Ok(vec![Ok(EscrowFromServer {

@@ -23,6 +23,7 @@ mod kube_pki;
 mod lifecycle;
 mod membership;
 mod register;
+mod revocations;
 mod watch;
 
 /// The Curator service.
@@ -118,6 +119,15 @@ impl Curator for CuratorService {
         _request: Request<api::GetConsensusStatusRequest>,
     ) -> Result<Response<api::GetConsensusStatusResponse>, Status> {
         membership::get_consensus_status(&self.0)
+            .await
+            .map(Response::new)
+    }
+
+    async fn watch_revocations(
+        &self,
+        _request: Request<api::WatchRevocationsRequest>,
+    ) -> Result<Response<BoxStream<api::WatchRevocationsEvent>>, Status> {
+        revocations::watch_revocations(&self.0)
             .await
             .map(Response::new)
     }

@@ -1,13 +1,14 @@
 //! CuratorLocal on the leader: GetCurrentLeader names itself, GetCACertificate returns the
-//! cluster CA. (Followers serve their own CuratorLocal from the listener.)
+//! cluster CA, GetClusterCRL the cluster CRL. (Followers serve their own CuratorLocal from the
+//! listener.)
 
 use std::sync::Arc;
 
 use futures::{StreamExt, stream};
 use proto::curator_api::curator_local_server::CuratorLocal;
 use proto::curator_api::{
-    GetCaCertificateRequest, GetCaCertificateResponse, GetCurrentLeaderRequest,
-    GetCurrentLeaderResponse,
+    GetCaCertificateRequest, GetCaCertificateResponse, GetClusterCrlRequest, GetClusterCrlResponse,
+    GetCurrentLeaderRequest, GetCurrentLeaderResponse,
 };
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
@@ -40,6 +41,13 @@ impl CuratorLocal for LeaderLocalService {
         Ok(Response::new(GetCaCertificateResponse {
             identity_ca_certificate: self.0.credentials.ca().to_vec(),
         }))
+    }
+
+    async fn get_cluster_crl(
+        &self,
+        _request: Request<GetClusterCrlRequest>,
+    ) -> Result<Response<GetClusterCrlResponse>, Status> {
+        crate::revocation::cluster_crl(self.0.ns()).await
     }
 }
 

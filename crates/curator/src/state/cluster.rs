@@ -49,6 +49,12 @@ fn new_ticket() -> Result<Vec<u8>, StateError> {
     Ok(RegisterTicket { opaque }.encode_to_vec())
 }
 
+/// The register ticket, if one was ever issued. A plain read: what RegisterNode compares
+/// with, so an unauthenticated caller costs one read and never a write.
+pub async fn register_ticket(l: &Leadership) -> Result<Option<Vec<u8>>, StateError> {
+    l.get(REGISTER_TICKET_KEY).await
+}
+
 /// The register ticket, created on first use. The creation is conditional on there being no
 /// ticket yet, so two first calls cannot hand out two different tickets even without the
 /// caller's lock (upstream: `muRegisterTicket`).

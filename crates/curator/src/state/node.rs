@@ -1,6 +1,8 @@
 //! Node records: `/nodes/<id>` holds `curator.proto.private.Node`, `/join_keys/<hex>` maps a
 //! join public key to its node ID. Both are always written (and deleted) in one transaction,
-//! and only here.
+//! and only here. Deleting a node leaves `/deleted_nodes/<id>` behind, in the same
+//! transaction: the permanent record that every certificate of that node ID is revoked, which
+//! every curator and, through the leader, every node applies (see `crate::revocation`).
 //!
 //! A record's state changes only through [`create`] and [`set_state`], which check the
 //! lifecycle table ([`super::lifecycle`]); [`update`] writes every other change and refuses a
@@ -22,6 +24,8 @@ use crate::election::Leadership;
 pub const NODES_PREFIX: &str = "/nodes/";
 /// Prefix of the join-key index.
 pub const JOIN_KEYS_PREFIX: &str = "/join_keys/";
+/// Prefix of the deleted nodes' tombstones (empty values; the key names the node).
+pub const DELETED_PREFIX: &str = "/deleted_nodes/";
 
 /// A node record with its ID (derived from the public key, checked on load).
 #[derive(Debug, Clone, PartialEq)]
@@ -382,13 +386,79 @@ async fn claim_join_key(
     }
 }
 
-/// Deletes a node record and its join-key index entry in one transaction.
+/// Deletes a node record and its join-key index entry, and leaves its tombstone, in one
+/// transaction.
 pub async fn delete(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
-    let mut ops = vec![TxnOp::delete(record.key(), None)];
+    let mut ops = vec![
+        TxnOp::delete(record.key(), None),
+        TxnOp::put(format!("{DELETED_PREFIX}{}", record.id), Vec::new(), None),
+    ];
     if let Some(index) = record.join_index() {
         ops.push(TxnOp::delete(index, None));
     }
     l.txn(ops).await.map(|_| ())
+}
+
+/// Whether the node `id` was deleted (its tombstone exists).
+pub async fn is_deleted(l: &Leadership, id: &str) -> Result<bool, StateError> {
+    node_key(id)?;
+    Ok(l.get(&format!("{DELETED_PREFIX}{id}")).await?.is_some())
+}
+
+/// Every deleted node ID, without leadership (every curator follows them), with the revision
+/// [`deletions`] continues from.
+pub async fn deleted_ids(ns: &kv::Namespaced) -> Result<(Vec<String>, i64), StateError> {
+    let resp = ns
+        .get(
+            DELETED_PREFIX,
+            Some(kv::etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .map_err(StateError::etcd)?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let ids = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| deleted_id(kv.key()))
+        .collect();
+    Ok((ids, revision))
+}
+
+/// Every node deleted after `revision`, from a plain etcd watch; the stream ends with an
+/// error when the watch fails or ends, so callers read again and watch again.
+pub async fn deletions(
+    ns: &kv::Namespaced,
+    revision: i64,
+) -> Result<impl Stream<Item = Result<String, StateError>> + Send + 'static, StateError> {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let watch = ns
+        .watch(DELETED_PREFIX, Some(options))
+        .await
+        .map_err(StateError::etcd)?;
+    let ids = watch.flat_map(|batch| {
+        stream::iter(match batch {
+            Ok(b) => b
+                .events
+                .iter()
+                .filter(|e| e.kind == EventKind::Put)
+                .filter_map(|e| deleted_id(&e.key))
+                .map(Ok)
+                .collect(),
+            Err(e) => vec![Err(StateError::etcd(format!("watch: {e}")))],
+        })
+    });
+    let ended = stream::once(async { Err(StateError::etcd("watch ended")) });
+    Ok(ids.chain(ended))
+}
+
+/// The node ID of a tombstone key (namespace already stripped).
+fn deleted_id(key: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(key)
+        .strip_prefix(DELETED_PREFIX)
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
 }
 
 /// The node ID the join-key index maps `join_key` to; `None` if it maps it to nothing.

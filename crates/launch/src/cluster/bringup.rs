@@ -148,11 +148,12 @@ impl Cluster {
             state_dir.display()
         );
 
+        let crl = ClusterCrl::new(ownership.ca_certificate.clone());
         let leader = leader_channel(
             &launch.nodes[..1],
             &owner_key,
             &ownership.owner_certificate,
-            &ownership.ca_certificate,
+            &crl,
         )?;
         let cluster = Cluster {
             options: launch.options.clone(),
@@ -163,6 +164,7 @@ impl Cluster {
             owner_key,
             owner_certificate: ownership.owner_certificate,
             ca_certificate: ownership.ca_certificate,
+            crl,
             leader: Mutex::new(leader),
             removed: Mutex::new(HashSet::new()),
         };

@@ -28,7 +28,9 @@ use proto::curator_api::GetCurrentLeaderRequest;
 use proto::curator_api::curator_local_client::CuratorLocalClient;
 use proto::curator_api::get_consensus_status_response::etcd_member::Status as MemberStatus;
 use rpc::client_tls;
-use rpc::{ClientCredentials, LeaderChannel, LeaderOptions, Management, ServerVerification};
+use rpc::{
+    ClientCredentials, ClusterCrl, LeaderChannel, LeaderOptions, Management, ServerVerification,
+};
 use tokio::time::Instant;
 use tonic::Code;
 
@@ -78,6 +80,10 @@ pub struct Cluster {
     owner_key: SigningKey,
     owner_certificate: Vec<u8>,
     ca_certificate: Vec<u8>,
+    /// The cluster CRL, shared by every leader channel of this cluster: fetched from the
+    /// curators when a channel starts and kept current by it, so a deleted node is never
+    /// taken for a curator.
+    crl: ClusterCrl,
     leader: Mutex<LeaderChannel>,
     removed: Mutex<HashSet<usize>>,
 }
@@ -138,6 +144,11 @@ impl Cluster {
         &self.ca_certificate
     }
 
+    /// The cluster CRL as this launcher knows it.
+    pub fn crl(&self) -> &ClusterCrl {
+        &self.crl
+    }
+
     /// Owner credentials for clients.
     pub fn owner_credentials(&self) -> ClientCredentials {
         ClientCredentials::Authenticated {
@@ -185,12 +196,7 @@ impl Cluster {
             .filter(|n| !removed.contains(&n.index()))
             .cloned()
             .collect();
-        let channel = leader_channel(
-            &live,
-            &self.owner_key,
-            &self.owner_certificate,
-            &self.ca_certificate,
-        )?;
+        let channel = leader_channel(&live, &self.owner_key, &self.owner_certificate, &self.crl)?;
         *lock(&self.leader) = channel;
         Ok(())
     }
@@ -256,12 +262,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A leader channel with owner credentials seeded with these nodes' curator endpoints.
+/// A leader channel with owner credentials seeded with these nodes' curator endpoints,
+/// refusing curators `crl` revokes.
 fn leader_channel(
     nodes: &[Node],
     owner_key: &SigningKey,
     owner_certificate: &[u8],
-    ca: &[u8],
+    crl: &ClusterCrl,
 ) -> Result<LeaderChannel> {
     let seeds = nodes.iter().map(Node::curator_endpoint).collect();
     let local_overrides = nodes
@@ -274,9 +281,10 @@ fn leader_channel(
             certificate: owner_certificate.to_vec(),
             key: owner_key.clone(),
         },
-        ca.to_vec(),
+        crl.ca().to_vec(),
         LeaderOptions {
             local_overrides,
+            crl: Some(crl.clone()),
             ..LeaderOptions::default()
         },
     )

@@ -113,6 +113,7 @@ impl Cluster {
             ServerVerification::Cluster {
                 ca: self.ca_certificate.clone(),
                 node_id: Some(id.clone()),
+                crl: Some(self.crl.clone()),
             },
         )
         .map_err(|source| Error::Client {

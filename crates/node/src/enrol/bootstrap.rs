@@ -106,12 +106,14 @@ pub async fn run(rs: &Roleserve) -> Result<(), Exit> {
         .esp
         .write_cluster_directory(&directory)
         .map_err(fatal("cannot write the cluster directory"))?;
+    let crl = rpc::ClusterCrl::new(creds.ca().to_vec());
     let membership = Membership::new(
-        env,
+        rs,
         creds,
         data,
         plan.join_key.clone(),
         vec![env.curator_endpoint()],
+        crl,
     )
     .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
     rs.set_membership(membership);

@@ -11,8 +11,14 @@
 //! must then be empty.
 //!
 //! NotFound (no node has this join key: deleted) and FailedPrecondition (the node is not UP,
-//! e.g. decommissioned) end the process with exit code 3; PermissionDenied (e.g. a TPM mode
-//! the node cannot satisfy) and anything unexpected with exit code 1.
+//! e.g. decommissioned) end the process with exit code 3, once confirmed independently of the
+//! curator that answered (`crate::roleserve::confirm`; unconfirmed, the node logs a security
+//! warning and keeps trying to join); PermissionDenied (e.g. a TPM mode the node cannot
+//! satisfy) and anything unexpected with exit code 1. The data is kept either way.
+//!
+//! The curators the node joins through must pass its leader checks
+//! (`crate::roleserve::trust`) with the cluster CRL it fetches from every curator of its
+//! directory; the CRL persisted in the data directory is added once that is unlocked.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -22,12 +28,13 @@ use proto::curator_api::JoinNodeRequest;
 use proto::curator_api::curator_client::CuratorClient;
 use proto::private::SealedConfiguration;
 use rpc::retry::{Backoff, RetryPolicy, is_transient};
-use rpc::{ClientCredentials, LeaderChannel, LeaderOptions};
+use rpc::{ClientCredentials, ClusterCrl, LeaderChannel, LeaderOptions};
 use tonic::Code;
 
 use super::{announce_node_id, fatal, wait_reachable};
 use crate::exit::Exit;
 use crate::params;
+use crate::roleserve::confirm::{Confirmer, Order};
 use crate::roleserve::{Membership, Roleserve, gone_message};
 use crate::storage::{DataDir, contents, keys};
 
@@ -36,6 +43,9 @@ use crate::storage::{DataDir, contents, keys};
 const JOIN_POLICY: RetryPolicy = RetryPolicy::forever(
     Backoff::new(Duration::from_millis(500), Duration::from_secs(10)).with_jitter(),
 );
+
+/// Pause before joining again after a refusal that could not be confirmed.
+const UNCONFIRMED_PAUSE: Duration = Duration::from_secs(5);
 
 /// Joins with the sealed configuration and publishes the membership.
 pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit> {
@@ -76,7 +86,8 @@ pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit
         seeds.join(", ")
     );
 
-    let cuk = join_node(rs, &seeds, &sealed.cluster_ca, &join_key).await?;
+    let crl = ClusterCrl::new(sealed.cluster_ca.clone());
+    let cuk = join_node(rs, &seeds, &crl, &join_key).await?;
     let key = keys::data_key(storage, &sealed.node_unlock_key, &cuk)
         .map_err(fatal("cannot unlock the data directory"))?;
     let data =
@@ -88,7 +99,7 @@ pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit
         ));
     }
     announce_node_id(&creds.node_id());
-    let membership = Membership::new(env, creds, data, join_key, seeds)
+    let membership = Membership::new(rs, creds, data, join_key, seeds, crl)
         .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
     rs.set_membership(membership);
     tracing::info!("Joined the cluster.");
@@ -99,57 +110,76 @@ pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit
 async fn join_node(
     rs: &Roleserve,
     seeds: &[String],
-    ca: &[u8],
+    crl: &ClusterCrl,
     join_key: &SigningKey,
 ) -> Result<Vec<u8>, Exit> {
+    let ca = crl.ca().to_vec();
+    let options = LeaderOptions {
+        crl: Some(crl.clone()),
+        leader_check: Some(rs.leader_check()),
+        ..LeaderOptions::default()
+    };
     let leader = LeaderChannel::new(
         seeds.to_vec(),
         ClientCredentials::Ephemeral(join_key.clone()),
-        ca.to_vec(),
-        LeaderOptions::default(),
+        ca.clone(),
+        options,
     )
     .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
-    wait_reachable(seeds, ca).await?;
+    wait_reachable(seeds, &ca).await?;
     let failures = AtomicU32::new(0);
-    let result = leader
-        .call(&JOIN_POLICY, |ch| {
-            let failures = &failures;
-            async move {
-                let result = CuratorClient::new(ch)
-                    .join_node(JoinNodeRequest {
-                        using_sealed_configuration: false,
-                    })
-                    .await;
-                // Every fifth failure is worth a line in the log; the loop never gives up.
-                if let Err(s) = &result
-                    && is_transient(s.code())
-                    && failures.fetch_add(1, Ordering::Relaxed).is_multiple_of(5)
-                {
-                    tracing::warn!("JoinNode: {}; retrying", s.message());
+    loop {
+        let result = leader
+            .call(&JOIN_POLICY, |ch| {
+                let failures = &failures;
+                async move {
+                    let result = CuratorClient::new(ch)
+                        .join_node(JoinNodeRequest {
+                            using_sealed_configuration: false,
+                        })
+                        .await;
+                    // Every fifth failure is worth a line in the log; the loop never gives up.
+                    if let Err(s) = &result
+                        && is_transient(s.code())
+                        && failures.fetch_add(1, Ordering::Relaxed).is_multiple_of(5)
+                    {
+                        tracing::warn!("JoinNode: {}; retrying", s.message());
+                    }
+                    result
                 }
-                result
-            }
-        })
-        .await;
-    let s = match result {
-        Ok(r) => return Ok(r.into_inner().cluster_unlock_key),
-        Err(s) => s,
-    };
-    Err(match s.code() {
-        Code::NotFound => Exit::gone(gone_message(
-            &rs.env,
-            &format!("deleted: JoinNode says {}", s.message()),
-        )),
-        Code::FailedPrecondition => Exit::gone(gone_message(
-            &rs.env,
-            &format!(
-                "not UP any more (decommissioned?): JoinNode says {}",
-                s.message()
+            })
+            .await;
+        let s = match result {
+            Ok(r) => return Ok(r.into_inner().cluster_unlock_key),
+            Err(s) => s,
+        };
+        let (order, gone) = match s.code() {
+            Code::NotFound => (
+                Order::Deleted,
+                format!("deleted: JoinNode says {}", s.message()),
             ),
-        )),
-        c => Exit::fatal(format!(
-            "the cluster refused this node's join: {c:?}: {}",
-            s.message()
-        )),
-    })
+            Code::FailedPrecondition => (
+                Order::Decommissioned,
+                format!(
+                    "not UP any more (decommissioned?): JoinNode says {}",
+                    s.message()
+                ),
+            ),
+            c => {
+                return Err(Exit::fatal(format!(
+                    "the cluster refused this node's join: {c:?}: {}",
+                    s.message()
+                )));
+            }
+        };
+        let by = leader
+            .current_leader()
+            .map(|l| l.node_id)
+            .unwrap_or_else(|| "(unknown)".to_string());
+        let confirmer = Confirmer::joining(rs, join_key.clone(), crl.clone(), leader.endpoints());
+        if confirmer.confirm(&order, &by).await.is_ok() {
+            return Err(Exit::gone(gone_message(&rs.env, &gone)));
+        }
+        tokio::time::sleep(UNCONFIRMED_PAUSE).await;
+    }
 }

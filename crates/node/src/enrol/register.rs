@@ -12,6 +12,7 @@
 //! Nothing is written to disk before CommitNode succeeds: a node killed while it waits for
 //! approval simply registers again (with new keys) when restarted.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use identity::{NodeCredentials, SigningKey};
@@ -21,13 +22,14 @@ use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::{CommitNodeRequest, CommitNodeResponse, RegisterNodeRequest};
 use proto::private::SealedConfiguration;
 use rpc::retry::{Backoff, RetryPolicy, is_transient};
-use rpc::{ClientCredentials, LeaderChannel, LeaderOptions};
+use rpc::{ClientCredentials, ClusterCrl, LeaderChannel, LeaderOptions};
 use tokio::time::Instant;
 use tonic::Code;
 
 use super::{announce_node_id, fatal, wait_reachable};
 use crate::exit::Exit;
 use crate::params;
+use crate::roleserve::trust::ConsensusMembers;
 use crate::roleserve::{Membership, Roleserve};
 use crate::storage::{DataDir, UnlockKeys, contents};
 
@@ -62,11 +64,19 @@ pub async fn run(rs: &Roleserve, r: &ClusterRegister) -> Result<(), Exit> {
         seeds.join(", ")
     );
     wait_reachable(&seeds, &p.ca).await?;
+    // The leader must pass the node's checks (crate::roleserve::trust) from the start: not
+    // revoked, and listed in the directory the operator handed over.
+    let crl = ClusterCrl::new(p.ca.clone());
+    let options = LeaderOptions {
+        crl: Some(crl.clone()),
+        leader_check: Some(Arc::new(ConsensusMembers::fixed(p.directory.clone()))),
+        ..LeaderOptions::default()
+    };
     let leader = LeaderChannel::new(
         seeds.clone(),
         ClientCredentials::Ephemeral(node_key.clone()),
         p.ca.clone(),
-        LeaderOptions::default(),
+        options,
     )
     .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
 
@@ -102,7 +112,7 @@ pub async fn run(rs: &Roleserve, r: &ClusterRegister) -> Result<(), Exit> {
         .esp
         .write_cluster_directory(&p.directory)
         .map_err(fatal("cannot write the cluster directory"))?;
-    let membership = Membership::new(env, creds, data, join_key, seeds)
+    let membership = Membership::new(rs, creds, data, join_key, seeds, crl)
         .map_err(|e| Exit::fatal(format!("cannot set up the curator connection: {e}")))?;
     rs.set_membership(membership);
     tracing::info!("Cluster enrolment done.");

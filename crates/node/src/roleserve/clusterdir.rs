@@ -2,13 +2,23 @@
 //! node with the ConsensusMember role and its address, from Curator.Watch of all nodes
 //! (upstream does this in its hosts-file worker). The directory is what the node seeds its
 //! curator connection with on the next boot, so it is written only after the first complete
-//! view (the watch backlog) and it never forgets a node: an address that is gone costs a
-//! failed connection attempt, a missing one may cost the ability to rejoin.
+//! view (the watch backlog) and it never forgets an address: one that is gone costs a failed
+//! connection attempt, a missing one may cost the ability to rejoin.
+//!
+//! Node IDs are another matter (ours): the directory is also how the node tells which nodes
+//! may lead ([`super::trust`]), so an entry keeps its node ID only while that node holds the
+//! ConsensusMember role. A node that loses the role or is deleted keeps its address as an
+//! anonymous seed; from the first complete view on, every ID the view does not show as a
+//! consensus member is dropped (the directory a node registered with lists all UP nodes).
+//! IDs are dropped only if the other consensus members the directory lists back the leader
+//! that says so ([`super::confirm::vouched`]): a curator the node trusts on stale grounds
+//! must not be able to strike the genuine members off. A deletion also makes the node fetch
+//! the cluster CRL at once: the deleted node's certificate has just been revoked.
 //!
 //! The same addresses are added to the running curator connection as candidate endpoints
 //! (upstream's "curator updater").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -19,7 +29,7 @@ use proto::curator_api::watch_event::Progress;
 use proto::curator_api::watch_request::{Kind, NodesInCluster};
 use supervisor::{Context, Runnable, RunnableResult};
 
-use super::{Roleserve, call_failed, until_cancelled};
+use super::{Roleserve, call_failed, confirm, until_cancelled};
 
 /// The supervisor runnable.
 pub fn runnable(rs: Arc<Roleserve>) -> Runnable {
@@ -46,12 +56,14 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
     let request = WatchRequest {
         kind: Some(Kind::NodesInCluster(NodesInCluster {})),
     };
-    let mut client = m.client().await?;
+    let (leader, mut client) = m.client_of_leader().await?;
     let mut stream = match client.watch(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => return Err(call_failed(&rs, &m, "watching all nodes", s).await),
     };
+    // Consensus members with an address, and all consensus members.
     let mut consensus_nodes: BTreeMap<String, String> = BTreeMap::new();
+    let mut members: BTreeSet<String> = BTreeSet::new();
     let mut backlogged = false;
     loop {
         let event = match stream.message().await {
@@ -69,9 +81,24 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
                 .as_ref()
                 .map(|s| s.external_address.clone())
                 .filter(|a| a.parse::<IpAddr>().is_ok());
+            if is_member {
+                members.insert(node.id.clone());
+            } else {
+                members.remove(&node.id);
+                consensus_nodes.remove(&node.id);
+            }
             if let (true, Some(address)) = (is_member, address) {
                 consensus_nodes.insert(node.id.clone(), address);
             }
+        }
+        for tombstone in &event.node_tombstones {
+            members.remove(&tombstone.node_id);
+            consensus_nodes.remove(&tombstone.node_id);
+        }
+        if !event.node_tombstones.is_empty() {
+            // The deleted node's certificate was revoked just now.
+            let curator = m.curator.clone();
+            tokio::spawn(async move { curator.refresh_crl().await });
         }
         backlogged |= event.progress == Progress::LastBacklogged as i32;
         if !backlogged {
@@ -85,7 +112,30 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
         if let Err(e) = m.curator.add_endpoints(endpoints) {
             tracing::warn!("cannot add curator endpoints: {e}");
         }
-        if merge(&mut directory, &consensus_nodes) {
+        let mut changed = merge(&mut directory, &consensus_nodes);
+        let mut pruned = directory.clone();
+        let forgotten = forget_ids(&mut pruned, &members);
+        if !forgotten.is_empty() {
+            // Forgetting who the consensus members are on the leader's word alone would let
+            // a curator the node wrongly trusts lock the genuine ones out.
+            match confirm::vouched(&directory, &leader, Some(&m.node_id()), &m.crl).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "cluster directory: {} no consensus member(s) (any more); their \
+                         addresses stay as seeds only",
+                        forgotten.join(", ")
+                    );
+                    directory = pruned;
+                    changed = true;
+                }
+                Err(why) => tracing::warn!(
+                    "cluster directory: keeping {} as consensus member(s) for now, although \
+                     curator {leader} says otherwise: {why}",
+                    forgotten.join(", ")
+                ),
+            }
+        }
+        if changed {
             esp.write_cluster_directory(&directory)
                 .map_err(|e| format!("writing the cluster directory: {e}"))?;
             tracing::info!(
@@ -129,6 +179,19 @@ pub fn merge(directory: &mut ClusterDirectory, nodes: &BTreeMap<String, String>)
     changed
 }
 
+/// Drops the node ID of every entry whose node is not a consensus member (its address
+/// stays, as a seed); returns the IDs dropped.
+pub fn forget_ids(directory: &mut ClusterDirectory, members: &BTreeSet<String>) -> Vec<String> {
+    let mut forgotten = Vec::new();
+    for entry in &mut directory.nodes {
+        if !entry.id.is_empty() && !members.contains(&entry.id) {
+            forgotten.push(std::mem::take(&mut entry.id));
+            entry.public_key.clear();
+        }
+    }
+    forgotten
+}
+
 fn first_host(n: &Node) -> Option<&str> {
     n.addresses.first().map(|a| a.host.as_str())
 }
@@ -170,5 +233,32 @@ mod tests {
         assert!(merge(&mut d, &moved));
         assert_eq!(d.nodes[1], entry("b", "10.0.0.9"));
         assert_eq!(d.nodes.len(), 3);
+    }
+
+    #[test]
+    fn only_consensus_members_keep_their_ids() {
+        let mut d = ClusterDirectory {
+            nodes: vec![
+                entry("a", "10.0.0.1"),
+                entry("b", "10.0.0.2"),
+                entry("", "10.0.0.3"),
+            ],
+        };
+        let members = BTreeSet::from(["a".to_string()]);
+        assert_eq!(forget_ids(&mut d, &members), vec!["b".to_string()]);
+        assert_eq!(
+            d.nodes,
+            vec![
+                entry("a", "10.0.0.1"),
+                entry("", "10.0.0.2"),
+                entry("", "10.0.0.3")
+            ],
+            "addresses stay as seeds"
+        );
+        assert!(forget_ids(&mut d, &members).is_empty(), "idempotent");
+        // A node that becomes a member again gets its ID back through its address.
+        let nodes = BTreeMap::from([("b".to_string(), "10.0.0.2".to_string())]);
+        assert!(merge(&mut d, &nodes));
+        assert_eq!(d.nodes[1], entry("b", "10.0.0.2"));
     }
 }

@@ -44,6 +44,7 @@ struct RunningFlag(Arc<Roleserve>);
 impl Drop for RunningFlag {
     fn drop(&mut self) {
         self.0.set_control_plane(false);
+        self.0.set_consensus(None);
     }
 }
 
@@ -82,7 +83,7 @@ fn peer_key_path(env: &NodeEnv) -> PathBuf {
 }
 
 /// Whether this node ran an etcd member before (its peer key is on disk).
-fn local_state_present(env: &NodeEnv) -> bool {
+pub fn local_state_present(env: &NodeEnv) -> bool {
     peer_key_path(env).exists()
 }
 
@@ -159,6 +160,7 @@ async fn run_control_plane(rs: &Arc<Roleserve>, ctx: &Context) -> RunnableResult
     let consensus = consensus::Service::new(config);
     ctx.run("consensus", consensus.runnable())?;
     let status = consensus.wait_running().await;
+    rs.set_consensus(Some(status.clone()));
     let creds = credentials(rs, &status, &node_key).await?;
     let mut curator_config = curator::Config::new(
         creds,

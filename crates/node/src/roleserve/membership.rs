@@ -2,23 +2,29 @@
 //! one shared channel to the curator leader, plus the check whether the cluster still knows
 //! the node.
 //!
+//! The leader channel accepts only curators that pass the node's leader checks (not revoked
+//! by the cluster CRL the membership holds, and holding the ConsensusMember role, see
+//! [`super::trust`]).
+//!
 //! Workers see a deleted node as odd failures: NotFound from UpdateNodeStatus or Heartbeat,
 //! Unauthenticated once the curator revoked its certificate, a tombstone on Watch. Before the
-//! node gives up for good (exit code 3), [`Membership::confirm_gone`] asks the cluster
-//! directly with the node's join key: JoinNode answers NotFound only if no node holds that
-//! key any more. A transient or ambiguous failure therefore never makes a node wipe or stop.
+//! node gives up for good (exit code 3), [`Membership::confirm_gone`] has that confirmed
+//! independently of the curator that answered ([`super::confirm`]): in the end JoinNode with
+//! the node's join key must answer NotFound, which it does only if no node holds that key any
+//! more. A transient or ambiguous failure, or a curator lying about it, therefore never makes
+//! a node wipe or stop.
 
 use std::collections::HashMap;
 
 use identity::{NodeCredentials, SigningKey};
-use proto::curator_api::JoinNodeRequest;
 use proto::curator_api::curator_client::CuratorClient;
 use rpc::retry::{DEFAULT_BACKOFF, RetryPolicy};
-use rpc::{ClientCredentials, LeaderChannel, LeaderOptions};
+use rpc::{ClientCredentials, ClusterCrl, LeaderChannel, LeaderOptions};
 use tonic::{Code, Status};
 
-use super::NodeEnv;
-use crate::storage::DataDir;
+use super::Roleserve;
+use super::confirm::{Confirmer, Order};
+use crate::storage::{DataDir, contents};
 
 /// How the workers' one-shot calls through the leader channel are retried on a follower or a
 /// lost leadership: five attempts, each bounded, before the worker gives up (and is restarted
@@ -34,6 +40,8 @@ pub struct Membership {
     pub data: DataDir,
     /// The join key (to confirm membership, see the module documentation).
     pub join_key: SigningKey,
+    /// The cluster CRL this node holds (persisted by the `crl` worker).
+    pub crl: ClusterCrl,
     /// The channel to the curator leader, authenticated with the node certificate.
     pub curator: LeaderChannel,
 }
@@ -41,16 +49,30 @@ pub struct Membership {
 impl Membership {
     /// Builds the membership and its leader channel, seeded with `seeds` (`host:7835`). The
     /// node's own ID maps to its own curator address, for a leader that has not reported an
-    /// address yet (upstream maps it to loopback).
+    /// address yet (upstream maps it to loopback). `crl` (of the node's cluster CA) is
+    /// brought up to date with the CRL persisted in the data directory first.
     pub fn new(
-        env: &NodeEnv,
+        rs: &Roleserve,
         credentials: NodeCredentials,
         data: DataDir,
         join_key: SigningKey,
         seeds: Vec<String>,
+        crl: ClusterCrl,
     ) -> Result<Self, rpc::Error> {
+        match contents::load_crl(&data) {
+            Ok(Some(der)) => {
+                if let Err(e) = crl.update(&der) {
+                    tracing::warn!("ignoring the persisted cluster CRL: {e}");
+                }
+            }
+            Ok(None) => {}
+            // Not fatal: the CRL is fetched from the cluster again.
+            Err(e) => tracing::warn!("cannot read the persisted cluster CRL: {e}"),
+        }
         let options = LeaderOptions {
-            local_overrides: HashMap::from([(credentials.node_id(), env.curator_endpoint())]),
+            local_overrides: HashMap::from([(credentials.node_id(), rs.env.curator_endpoint())]),
+            crl: Some(crl.clone()),
+            leader_check: Some(rs.leader_check()),
             ..LeaderOptions::default()
         };
         let curator = LeaderChannel::new(
@@ -66,6 +88,7 @@ impl Membership {
             credentials,
             data,
             join_key,
+            crl,
             curator,
         })
     }
@@ -80,43 +103,39 @@ impl Membership {
         Ok(CuratorClient::new(self.curator.channel().await?))
     }
 
+    /// A Curator client on the current leader, and that leader's node ID: for workers that
+    /// act on what the leader says and must be able to name it.
+    pub async fn client_of_leader(
+        &self,
+    ) -> Result<(String, CuratorClient<tonic::transport::Channel>), Status> {
+        let (info, channel) = self.curator.leader().await?;
+        Ok((info.node_id, CuratorClient::new(channel)))
+    }
+
     /// If `status` (from a call made with the node certificate) may mean the node was removed,
-    /// asks the cluster with the join key; returns why the node is gone if it is.
-    pub async fn confirm_gone(&self, status: &Status) -> Option<String> {
+    /// has that confirmed (see the module documentation); returns why the node is gone if it
+    /// is.
+    pub async fn confirm_gone(&self, rs: &Roleserve, status: &Status) -> Option<String> {
         if !matches!(
             status.code(),
             Code::NotFound | Code::Unauthenticated | Code::PermissionDenied
         ) {
             return None;
         }
-        let channel = match LeaderChannel::new(
-            self.curator.endpoints(),
-            ClientCredentials::Ephemeral(self.join_key.clone()),
-            self.credentials.ca().to_vec(),
-            LeaderOptions::default(),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("cannot check membership: {e}");
-                return None;
-            }
-        };
-        let result = channel
-            .call(&CALL_POLICY, |ch| async move {
-                CuratorClient::new(ch)
-                    .join_node(JoinNodeRequest {
-                        using_sealed_configuration: false,
-                    })
-                    .await
+        let by = self
+            .curator
+            .current_leader()
+            .map(|l| l.node_id)
+            .unwrap_or_else(|| "(unknown)".to_string());
+        Confirmer::new(rs, self)
+            .confirm(&Order::Deleted, &by)
+            .await
+            .ok()
+            .map(|()| {
+                format!(
+                    "the cluster no longer knows this node (it was deleted): {}",
+                    status.message()
+                )
             })
-            .await;
-        match result {
-            Err(s) if s.code() == Code::NotFound => Some(format!(
-                "the cluster no longer knows this node (it was deleted): {} ({})",
-                s.message(),
-                status.message()
-            )),
-            _ => None,
-        }
     }
 }

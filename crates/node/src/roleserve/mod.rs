@@ -12,15 +12,25 @@
 //! * `statuspush`: UpdateNodeStatus whenever the status changes,
 //! * `heartbeat`: Curator.Heartbeat every 5 s,
 //! * `nodemgmt`: the NodeManagement service on port 7839,
-//! * `clusterdirectory`: keeps `esp/metropolis/cluster_directory.pb` current.
+//! * `revocations`: what the cluster revoked (Curator.WatchRevocations), for this node's
+//!   servers,
+//! * `clusterdirectory`: keeps `esp/metropolis/cluster_directory.pb` current,
+//! * `crl`: keeps the cluster CRL current and persisted.
+//!
+//! Which curator the node listens to, and when it acts on a destructive order, is decided in
+//! [`trust`] and [`confirm`].
 
 pub mod clusterdir;
+pub mod confirm;
 pub mod controlplane;
+pub mod crl;
 pub mod heartbeat;
 pub mod membership;
 pub mod nodemgmt;
+pub mod revocations;
 pub mod rolefetch;
 pub mod statuspush;
+pub mod trust;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -51,7 +61,8 @@ pub struct NodeEnv {
     pub etcd_binary: PathBuf,
     /// Curator leader lease TTL.
     pub leader_ttl: Duration,
-    /// Revoked certificates, shared by all servers of this node (fed by the local curator).
+    /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
+    /// worker, and by the local curator where one runs).
     pub revocations: RevocationSet,
     /// Identifies this run of the node (NodeStatus.boot_id, a field of later upstream Monogon,
     /// not in the 8456ddf0 baseline): upstream reads the kernel's boot ID; for a node process,
@@ -105,6 +116,7 @@ pub struct Roleserve {
     membership: watch::Sender<Option<Membership>>,
     roles: watch::Sender<Option<NodeRoles>>,
     control_plane: watch::Sender<bool>,
+    consensus: watch::Sender<Option<consensus::Status>>,
     outcome: mpsc::UnboundedSender<Outcome>,
     ready: AtomicBool,
 }
@@ -129,6 +141,7 @@ impl Roleserve {
             membership: watch::Sender::new(None),
             roles: watch::Sender::new(None),
             control_plane: watch::Sender::new(false),
+            consensus: watch::Sender::new(None),
             outcome,
             ready: AtomicBool::new(false),
         })
@@ -222,6 +235,31 @@ impl Roleserve {
         self.control_plane.subscribe()
     }
 
+    /// Records the local etcd member while it runs as a voter (`None` otherwise).
+    pub fn set_consensus(&self, status: Option<consensus::Status>) {
+        self.consensus.send_replace(status);
+    }
+
+    /// The local etcd member, while it runs: the node's own, curator-independent view of the
+    /// cluster state.
+    pub fn consensus_now(&self) -> Option<consensus::Status> {
+        self.consensus.borrow().clone()
+    }
+
+    /// Follows the local etcd member.
+    pub fn watch_consensus(&self) -> watch::Receiver<Option<consensus::Status>> {
+        self.consensus.subscribe()
+    }
+
+    /// The check every curator leader of this node must pass: it holds the ConsensusMember
+    /// role (see [`trust`]).
+    pub fn leader_check(&self) -> Arc<dyn rpc::LeaderCheck> {
+        Arc::new(trust::ConsensusMembers::new(
+            self.env.layout.esp.clone(),
+            self.watch_consensus(),
+        ))
+    }
+
     /// Prints `NODE_READY` once (the launcher waits for it): enrolled and status pushed.
     pub fn mark_ready(&self) {
         if !self.ready.swap(true, Ordering::SeqCst) {
@@ -258,7 +296,9 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
     ctx.run("statuspush", statuspush::runnable(rs.clone()))?;
     ctx.run("heartbeat", heartbeat::runnable(rs.clone()))?;
     ctx.run("nodemgmt", nodemgmt::runnable(rs.clone()))?;
+    ctx.run("revocations", revocations::runnable(rs.clone()))?;
     ctx.run("clusterdirectory", clusterdir::runnable(rs.clone()))?;
+    ctx.run("crl", crl::runnable(rs.clone()))?;
     ctx.signal_healthy();
     ctx.cancelled().await;
     Ok(())
@@ -284,7 +324,7 @@ pub(crate) async fn call_failed(
     what: &str,
     status: tonic::Status,
 ) -> supervisor::RunnableError {
-    if let Some(why) = m.confirm_gone(&status).await {
+    if let Some(why) = m.confirm_gone(rs, &status).await {
         rs.exit(Exit::gone(gone_message(&rs.env, &why)));
         return std::future::pending().await;
     }

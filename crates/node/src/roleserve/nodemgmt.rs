@@ -11,9 +11,13 @@ use supervisor::{Context, Runnable, RunnableResult};
 
 use super::Roleserve;
 
+use crate::logs::NodeManagementService;
+
 /// What this listener serves, as its reflection lists it.
 const SERVED: &[&str] = &[proto::api::node_management_server::SERVICE_NAME];
-use crate::logs::NodeManagementService;
+
+/// Largest NodeManagement request: a log query (a DN and filters) or an update (a URL).
+const MAX_REQUEST_BYTES: usize = 64 << 10;
 
 /// The supervisor runnable.
 pub fn runnable(rs: Arc<Roleserve>) -> Runnable {
@@ -39,7 +43,9 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
     ctx.signal_healthy();
     let token = ctx.token();
     rpc::serve::server_builder(security)
-        .add_service(NodeManagementServer::new(service))
+        .add_service(
+            NodeManagementServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(rpc::reflection::v1(SERVED))
         .add_service(rpc::reflection::v1alpha(SERVED))
         .serve_with_incoming_shutdown(

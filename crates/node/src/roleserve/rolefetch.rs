@@ -6,6 +6,13 @@
 //! The same watch tells the node that it was deleted (a tombstone: exit code 3) or that a
 //! manager asked it to decommission itself (state DECOMMISSION_REQUESTED: the process runs
 //! the decommissioning procedure, see `crate::decommission`).
+//!
+//! Each of these, and each role change that would destroy local state (ConsensusMember gone
+//! while the node has etcd data: the control plane deletes it; ConsensusMember with another
+//! peer PKI than the one on disk: consensus overwrites it), is first confirmed independently
+//! of the curator that sent it ([`super::confirm`]). An order that cannot be confirmed is not
+//! applied at all (a SECURITY warning names the curator) and the worker fails, so it is
+//! restarted and watches again.
 
 use std::sync::Arc;
 
@@ -14,6 +21,8 @@ use proto::curator_api::watch_request::{Kind, NodeInCluster};
 use proto::curator_api::{Node, WatchRequest};
 use supervisor::{Context, Runnable, RunnableResult};
 
+use super::confirm::{Confirmer, Order, same_peer_pki};
+use super::controlplane::local_state_present;
 use super::{Membership, Roleserve, call_failed, describe_roles, gone_message, until_cancelled};
 use crate::exit::Exit;
 use crate::storage::contents;
@@ -50,7 +59,8 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
             node_id: id.clone(),
         })),
     };
-    let mut client = m.client().await?;
+    // The leader this stream comes from: every order on it is that curator's.
+    let (leader, mut client) = m.client_of_leader().await?;
     let mut stream = match client.watch(request).await {
         Ok(r) => r.into_inner(),
         Err(s) => return Err(call_failed(&rs, &m, "watching this node", s).await),
@@ -65,35 +75,74 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
             Err(s) => return Err(call_failed(&rs, &m, "watching this node", s).await),
         };
         if event.node_tombstones.iter().any(|t| t.node_id == id) {
+            confirm(&rs, &m, &Order::Deleted, &leader).await?;
             rs.exit(Exit::gone(gone_message(&rs.env, "it was deleted")));
             std::future::pending::<()>().await;
         }
         for node in event.nodes.iter().filter(|n| n.id == id) {
-            apply(&rs, &m, node, &mut persisted).await?;
+            apply(&rs, &m, &leader, node, &mut persisted).await?;
         }
     }
 }
 
-/// Applies one update of this node's record.
+/// Confirms a destructive order of curator `leader`; an unconfirmed one fails the worker.
+async fn confirm(rs: &Roleserve, m: &Membership, order: &Order, leader: &str) -> RunnableResult {
+    Confirmer::new(rs, m)
+        .confirm(order, leader)
+        .await
+        .map_err(|why| format!("not acting on curator {leader}'s order: {why}").into())
+}
+
+/// The order a role change amounts to if it would destroy local etcd state, given the roles
+/// the node goes by now (`None`: not known yet) and whether it has local etcd state.
+pub fn role_change_order(
+    current: Option<&NodeRoles>,
+    new: &NodeRoles,
+    local_state: bool,
+) -> Option<Order> {
+    if !local_state {
+        return None;
+    }
+    let held = current.and_then(|r| r.consensus_member.as_ref());
+    match (&new.consensus_member, held) {
+        // Roles unknown or with the role, and now without it: the etcd data is deleted.
+        (None, Some(_)) => Some(Order::LeaveConsensus),
+        (None, None) if current.is_none() => Some(Order::LeaveConsensus),
+        (None, None) => None,
+        // The role with another peer PKI than the one the node runs with (or, roles unknown,
+        // whatever is on disk): consensus writes it over the local one.
+        (Some(new), Some(held)) if same_peer_pki(new, held) => None,
+        (Some(new), _) => Some(Order::PeerPki(new.clone())),
+    }
+}
+
+/// Applies one update of this node's record, from curator `leader`.
 async fn apply(
     rs: &Roleserve,
     m: &Membership,
+    leader: &str,
     node: &Node,
     persisted: &mut Option<NodeRoles>,
 ) -> RunnableResult {
     match NodeState::try_from(node.state) {
         Ok(NodeState::DecommissionRequested | NodeState::Decommissioning) => {
+            confirm(rs, m, &Order::Decommission, leader).await?;
             tracing::warn!("the cluster asked this node to decommission itself");
             rs.decommission();
             std::future::pending::<()>().await;
         }
         Ok(NodeState::Decommissioned) => {
+            confirm(rs, m, &Order::Decommissioned, leader).await?;
             rs.exit(Exit::gone(gone_message(&rs.env, "it was decommissioned")));
             std::future::pending::<()>().await;
         }
         _ => {}
     }
     let roles = node.roles.clone().unwrap_or_default();
+    let current = rs.roles_now();
+    if let Some(order) = role_change_order(current.as_ref(), &roles, local_state_present(&rs.env)) {
+        confirm(rs, m, &order, leader).await?;
+    }
     if rs.set_roles(roles.clone()) {
         tracing::info!("roles: {}", describe_roles(&roles));
     }
@@ -102,4 +151,57 @@ async fn apply(
         *persisted = Some(roles);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::common::node_roles::{ConsensusMember, KubernetesWorker};
+
+    use super::*;
+
+    fn roles(peer: Option<&[u8]>) -> NodeRoles {
+        NodeRoles {
+            consensus_member: peer.map(|p| ConsensusMember {
+                peer_certificate: p.to_vec(),
+                ..ConsensusMember::default()
+            }),
+            ..NodeRoles::default()
+        }
+    }
+
+    #[test]
+    fn destructive_role_changes_are_orders() {
+        let member = roles(Some(b"a"));
+        let other_pki = roles(Some(b"b"));
+        let none = roles(None);
+        let worker = NodeRoles {
+            kubernetes_worker: Some(KubernetesWorker {}),
+            ..NodeRoles::default()
+        };
+        // Without local etcd state nothing is destroyed.
+        assert_eq!(role_change_order(Some(&member), &none, false), None);
+        assert_eq!(role_change_order(None, &other_pki, false), None);
+        // Losing the role, or getting roles without it while they were unknown.
+        assert_eq!(
+            role_change_order(Some(&member), &none, true),
+            Some(Order::LeaveConsensus)
+        );
+        assert_eq!(
+            role_change_order(None, &worker, true),
+            Some(Order::LeaveConsensus)
+        );
+        // Known roles without the role stay without it (stale etcd data is the control
+        // plane's to delete, as before).
+        assert_eq!(role_change_order(Some(&none), &worker, true), None);
+        // The same peer PKI is no order, another one is.
+        assert_eq!(role_change_order(Some(&member), &member, true), None);
+        assert!(matches!(
+            role_change_order(Some(&member), &other_pki, true),
+            Some(Order::PeerPki(_))
+        ));
+        assert!(matches!(
+            role_change_order(None, &member, true),
+            Some(Order::PeerPki(_))
+        ));
+    }
 }

@@ -1,6 +1,8 @@
 //! What the node keeps in its data directory, at upstream's paths: the node credentials in
 //! `node/credentials/{ca.pem,cert.pem,cert-key.pem}` (same PEM contents as upstream, but each
-//! file encrypted by [`DataDir`]) and the last known roles in `node/roles.pb`.
+//! file encrypted by [`DataDir`]) and the last known roles in `node/roles.pb`; ours besides:
+//! the newest cluster CRL seen, `node/cluster-crl.der`, so a restarted node still refuses the
+//! curators it knew to be revoked.
 
 use identity::{NodeCredentials, SigningKey, credentials, files};
 use prost::Message;
@@ -12,6 +14,8 @@ use super::{DataDir, Error};
 pub const CREDENTIALS_DIR: &str = "node/credentials";
 /// The persisted roles.
 pub const ROLES: &str = "node/roles.pb";
+/// The persisted cluster CRL (DER).
+pub const CRL: &str = "node/cluster-crl.der";
 
 fn credential_path(name: &str) -> String {
     format!("{CREDENTIALS_DIR}/{name}")
@@ -74,4 +78,15 @@ pub fn load_roles(data: &DataDir) -> Result<Option<NodeRoles>, Error> {
             what: "NodeRoles",
             source,
         })
+}
+
+/// Persists the cluster CRL (DER, as the cluster CA signed it).
+pub fn save_crl(data: &DataDir, der: &[u8]) -> Result<(), Error> {
+    data.write(CRL, der)
+}
+
+/// The persisted cluster CRL, if any. Not verified here: it is installed only if it verifies
+/// against the cluster CA (`rpc::ClusterCrl::update`).
+pub fn load_crl(data: &DataDir) -> Result<Option<Vec<u8>>, Error> {
+    data.read(CRL)
 }

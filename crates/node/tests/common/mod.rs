@@ -51,6 +51,7 @@ pub fn channel(endpoint: &str, creds: ClientCredentials, ca: &[u8], node_id: &st
     let verification = ServerVerification::Cluster {
         ca: ca.to_vec(),
         node_id: Some(node_id.to_string()),
+        crl: None,
     };
     let config = rpc::client_tls::client_config(&creds, verification).expect("client config");
     rpc::client_tls::connect_lazy(endpoint, config).expect("endpoint")

@@ -13,7 +13,7 @@ use proto::curator_api::{UpdateNodeClusterNetworkingRequest, UpdateNodeClusterNe
 use rpc::PeerInfo;
 use tonic::Status;
 
-use crate::leader::Leader;
+use crate::leader::{Leader, limits};
 use crate::state::node;
 
 /// The cluster (pod) network every announced prefix must lie in, unless it is the node's own
@@ -33,6 +33,7 @@ pub(super) async fn update_node_cluster_networking(
     let cn = req
         .clusternet
         .ok_or_else(|| Status::invalid_argument("clusternet must be set"))?;
+    limits::check_clusternet(&cn)?;
     if cn.wireguard_pubkey.is_empty() {
         return Err(Status::invalid_argument(
             "clusternet.wireguard_pubkey must be set",

@@ -16,7 +16,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Status, Streaming};
 
 use super::state_name;
-use crate::leader::Leader;
+use crate::leader::{Leader, limits};
 use crate::state::node;
 
 /// UpdateNodeStatus: a node replaces its own status; the timestamp is the curator's.
@@ -34,6 +34,7 @@ pub(super) async fn update_node_status(
     let mut status = req
         .status
         .ok_or_else(|| Status::invalid_argument("status must be set"))?;
+    limits::check_status(&status)?;
     if status.external_address.is_empty() {
         return Err(Status::invalid_argument(
             "status.external_address must be set",

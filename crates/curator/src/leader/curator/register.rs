@@ -2,6 +2,10 @@
 //! as upstream. All three are called without cluster credentials: the caller proves possession of
 //! a key with a self-signed certificate — the node key for RegisterNode/CommitNode, the join
 //! key for JoinNode.
+//!
+//! Anyone can call them, so until its ticket or key has checked out a caller holds no
+//! cluster-wide lock and takes its turn among the other unauthenticated callers
+//! ([`Leader::admit_unauthenticated`]); the turn is given back as soon as the check passes.
 
 use identity::PublicKey;
 use proto::common::cluster_configuration::TpmMode;
@@ -21,7 +25,7 @@ use zeroize::Zeroizing;
 
 use super::state_name;
 use crate::election::Leadership;
-use crate::leader::Leader;
+use crate::leader::{Leader, limits};
 use crate::state::node::{self, NodeRecord};
 use crate::state::{StateError, cluster, pki};
 
@@ -43,13 +47,23 @@ pub(super) async fn register_node(
             req.join_key.len()
         ))
     })?;
+    let turn = leader.admit_unauthenticated().await?;
     check_ticket(leader, &req.register_ticket).await?;
+    drop(turn);
 
     let l = &leader.leadership;
     let _nodes = leader.nodes_lock.lock().await;
     let config = cluster::configuration(l).await?;
     let tpm_usage = cluster::tpm_usage(&config, req.have_local_tpm)?;
     let id = identity::node_id(&node_key);
+    // Deleting a node revokes its node ID for good: registered again, it could never
+    // authenticate. Say so now rather than after a manager approved it.
+    if node::is_deleted(l, &id).await? {
+        return Err(Status::failed_precondition(format!(
+            "node {id} was deleted from this cluster, and a deleted node's key stays revoked; \
+             reinstall the machine so that it registers with a new key"
+        )));
+    }
     ensure_join_key_free(l, &join_key, &id).await?;
 
     let record = match node::load_opt(l, &id).await? {
@@ -124,17 +138,17 @@ async fn ensure_join_key_free(
     }
 }
 
-/// Checks the register ticket (created on first use) in constant time; PermissionDenied on a
-/// mismatch.
+/// Checks the register ticket in constant time; PermissionDenied on a mismatch. The caller is
+/// unauthenticated, so this takes no lock and writes nothing: one read of the ticket. A cluster
+/// that never issued a ticket (GetRegisterTicket creates it) has none to match.
 async fn check_ticket(leader: &Leader, given: &[u8]) -> Result<(), Status> {
-    let expected = Zeroizing::new({
-        let _ticket = leader.ticket_lock.lock().await;
-        cluster::ensure_register_ticket(&leader.leadership).await?
-    });
-    if ticket_matches(&expected, given) {
-        Ok(())
-    } else {
-        Err(Status::permission_denied("invalid register ticket"))
+    // Zeroized when dropped: the ticket admits whoever holds it.
+    let expected = cluster::register_ticket(&leader.leadership)
+        .await?
+        .map(Zeroizing::new);
+    match expected {
+        Some(expected) if ticket_matches(&expected, given) => Ok(()),
+        _ => Err(Status::permission_denied("invalid register ticket")),
     }
 }
 
@@ -156,10 +170,21 @@ fn registration_labels(id: &str, given: Option<NodeLabels>) -> Option<NodeLabels
     let given = given.map(|l| l.pairs).unwrap_or_default();
     let filtered =
         labels::filter_registration(given.iter().map(|p| (p.key.as_str(), p.value.as_str())));
-    for (key, value, why) in &filtered.skipped {
+    // Bounded: the labels are the caller's, as many as fit in a request.
+    for (key, value, why) in filtered.skipped.iter().take(limits::MAX_LOGGED_LABEL_SKIPS) {
         tracing::warn!(
-            "node {id} registered with label {key:?}={value:?}, which is dropped: {why}"
+            "node {id} registered with label {:?}={:?}, which is dropped: {why}",
+            limits::clip(key),
+            limits::clip(value)
         );
+    }
+    if let Some(more) = filtered
+        .skipped
+        .len()
+        .checked_sub(limits::MAX_LOGGED_LABEL_SKIPS)
+        .filter(|n| *n > 0)
+    {
+        tracing::warn!("node {id} registered with {more} more labels, which are dropped too");
     }
     let pairs: Vec<Pair> = filtered
         .kept
@@ -185,10 +210,16 @@ pub(super) async fn commit_node(
     let security = storage_security(req.storage_security)?;
 
     let l = &leader.leadership;
+    let id = identity::node_id(&node_key);
+    // The caller is unauthenticated: look its node up before taking the nodes lock, so that
+    // callers with unknown (or not yet approved) keys cost a read and never hold up the
+    // cluster's managers. Checked again under the lock, where the state change happens.
+    let turn = leader.admit_unauthenticated().await?;
+    check_committable(&node::load(l, &id).await?)?;
+    drop(turn);
     let _nodes = leader.nodes_lock.lock().await;
     let config = cluster::configuration(l).await?;
     cluster::validate_storage(&config, security)?;
-    let id = identity::node_id(&node_key);
     let mut record = node::load(l, &id).await?;
     check_committable(&record)?;
     if security != NodeStorageSecurity::Insecure
@@ -255,8 +286,11 @@ pub(super) async fn join_node(
         Status::permission_denied("JoinNode needs a self-signed certificate of the join key")
     })?;
 
+    // No lock: JoinNode only reads, and its caller is unauthenticated. Each read is
+    // consistent on its own; a record that changes between them is caught by the join-key
+    // and state checks below, which look at the record itself.
     let l = &leader.leadership;
-    let _nodes = leader.nodes_lock.lock().await;
+    let turn = leader.admit_unauthenticated().await?;
     let id = node::id_by_join_key(l, join_key.as_bytes()).await?;
     let record = node::load(l, &id).await?;
     // The index is only a lookup aid; the record is the truth. A stale entry (which
@@ -264,6 +298,7 @@ pub(super) async fn join_node(
     if record.node.join_key != join_key.as_bytes() {
         return Err(Status::not_found("no node with this join key"));
     }
+    drop(turn);
     let config = cluster::configuration(l).await?;
     check_sealing(&config, &record, req.using_sealed_configuration)?;
     if record.state() != NodeState::Up {

@@ -5,8 +5,18 @@
 //! so no change between the read and the watch is lost or seen twice. The watch itself is a
 //! plain (unguarded) etcd watch: when leadership moves, the listener tears this server down
 //! and clients re-resolve.
+//!
+//! Every watch shares the leader's etcd connection with everything else the leader does, and
+//! HTTP/2 flow control makes an unread stream hold that connection's window: a client that
+//! stops reading would, through its watch, stop the leader's etcd traffic. So each watch's
+//! changes are read from etcd at once by a task of its own ([`pump`]) into a bounded buffer;
+//! a client that falls more than [`MAX_BUFFERED_BYTES`] behind is cut off with Unavailable
+//! (it re-watches, as after any watch failure) instead of stalling anyone else.
 
-use futures::{StreamExt, stream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use futures::{Stream, StreamExt, stream};
 use prost::Message;
 use proto::curator_api::watch_event::{NodeTombstone, Progress};
 use proto::curator_api::watch_request::Kind;
@@ -21,6 +31,15 @@ use crate::state::node::{self, NodeChange, Scope};
 /// Upper bound of one backlog event (upstream: 2 MiB), well below gRPC's default 4 MiB
 /// message limit.
 const MAX_BACKLOG_EVENT_BYTES: usize = 2 << 20;
+
+/// How far (in encoded bytes) a client may fall behind the changes of its watch before it is
+/// cut off. A change event is one node record, at most a few dozen KiB even with the full 128
+/// labels, so this holds dozens of changes — a client that reads at all keeps up — while
+/// twenty stalled watches hold no more than 20 MiB of the leader's memory.
+const MAX_BUFFERED_BYTES: usize = 1 << 20;
+
+/// Most change events buffered per watch, whatever their size (tombstones are tiny).
+const MAX_BUFFERED_EVENTS: usize = 4096;
 
 /// Serves a Watch request.
 pub(super) async fn watch(
@@ -58,15 +77,16 @@ async fn nodes_in_cluster(leader: &Leader) -> Result<BoxStream<WatchEvent>, Stat
     ))
 }
 
-/// Every change after `revision`, as watch events. A store failure (including the watch
-/// ending, e.g. compaction) ends the stream with Unavailable so that clients re-watch.
+/// Every change after `revision`, as watch events, read from etcd by a [`pump`]. A store
+/// failure (including the watch ending, e.g. compaction) ends the stream with Unavailable so
+/// that clients re-watch.
 async fn changes(
     leader: &Leader,
     scope: Scope<'_>,
     revision: i64,
 ) -> Result<BoxStream<WatchEvent>, Status> {
     let changes = node::changes(leader.ns(), scope, revision).await?;
-    Ok(Box::pin(changes.map(|c| match c {
+    Ok(pump(changes.map(|c| match c {
         Ok(NodeChange::Put(record)) => Ok(one_node(curator_node(&record))),
         Ok(NodeChange::Deleted(node_id)) => Ok(WatchEvent {
             node_tombstones: vec![NodeTombstone { node_id }],
@@ -74,6 +94,83 @@ async fn changes(
         }),
         Err(e) => Err(Status::from(e)),
     })))
+}
+
+/// Reads `events` eagerly in a task of its own into a buffer of at most
+/// [`MAX_BUFFERED_BYTES`] (and [`MAX_BUFFERED_EVENTS`]), which the returned stream drains.
+/// When the buffer is full the source is dropped and the returned stream ends with
+/// Unavailable at its next poll; when the returned stream is dropped, so is the source.
+pub(super) fn pump<T, S>(events: S) -> BoxStream<T>
+where
+    T: Message + Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Result<T, Status>, usize)>(MAX_BUFFERED_EVENTS);
+    let buffered = Arc::new(AtomicUsize::new(0));
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let (pumped, cut) = (buffered.clone(), overflowed.clone());
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        loop {
+            let item = tokio::select! {
+                _ = tx.closed() => return,
+                item = events.next() => item,
+            };
+            let Some(item) = item else { return };
+            let size = item.as_ref().map_or(0, |e| e.encoded_len());
+            let failed = item.is_err();
+            // One event always fits, however large: the bound is on falling behind, not on
+            // record size (records are bounded where they are written).
+            let behind = pumped.load(Ordering::Acquire);
+            if behind > 0 && behind + size > MAX_BUFFERED_BYTES {
+                cut.store(true, Ordering::Release);
+                return;
+            }
+            pumped.fetch_add(size, Ordering::AcqRel);
+            match tx.try_send((item, size)) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    cut.store(true, Ordering::Release);
+                    return;
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+            }
+            if failed {
+                return;
+            }
+        }
+    });
+    Box::pin(stream::unfold(
+        (rx, buffered, overflowed, false),
+        |(mut rx, buffered, overflowed, done)| async move {
+            if done {
+                return None;
+            }
+            // Checked before the buffer is drained: a client this far behind gains nothing
+            // from the rest, and it learns at once that it must re-watch.
+            let cut_off = || {
+                Status::unavailable(format!(
+                    "watch cut off: the client fell more than {} KiB behind the cluster's \
+                     changes; watch again",
+                    MAX_BUFFERED_BYTES >> 10
+                ))
+            };
+            if overflowed.load(Ordering::Acquire) {
+                return Some((Err(cut_off()), (rx, buffered, overflowed, true)));
+            }
+            match rx.recv().await {
+                Some((item, size)) => {
+                    buffered.fetch_sub(size, Ordering::AcqRel);
+                    let last = item.is_err();
+                    Some((item, (rx, buffered, overflowed, last)))
+                }
+                None if overflowed.load(Ordering::Acquire) => {
+                    Some((Err(cut_off()), (rx, buffered, overflowed, true)))
+                }
+                None => None,
+            }
+        },
+    ))
 }
 
 /// Splits the backlog into events. Upstream flags the event holding the remainder of the
@@ -116,6 +213,72 @@ mod tests {
             labels: Some(proto::common::NodeLabels { pairs: vec![pair] }),
             ..Default::default()
         }
+    }
+
+    /// Sets its flag when dropped: tells whether the pump let go of its source.
+    struct DropFlag(Arc<AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    /// An endless source of ~64 KiB events that reports being dropped; like an etcd watch, it
+    /// yields to the runtime between events.
+    fn endless(
+        dropped: Arc<AtomicBool>,
+    ) -> impl Stream<Item = Result<WatchEvent, Status>> + Send + 'static {
+        let flag = DropFlag(dropped);
+        stream::repeat_with(move || {
+            let _keep = &flag;
+            Ok(WatchEvent {
+                nodes: vec![node("metropolis-x", 64 << 10)],
+                ..Default::default()
+            })
+        })
+        .then(|e| async {
+            tokio::task::yield_now().await;
+            e
+        })
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_falls_behind_is_cut_off() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut s = pump(endless(dropped.clone()));
+        // Nobody reads: the pump fills its buffer, gives up the source and ends the stream.
+        eventually("the pump lets go of its source", || {
+            dropped.load(Ordering::Acquire)
+        })
+        .await;
+        let first = s.next().await.expect("an item");
+        let e = first.expect_err("cut off at once");
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(e.message().contains("1024 KiB behind"), "{e}");
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_drops_the_source() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let mut s = pump(endless(dropped.clone()));
+        // A reader that keeps up gets everything.
+        for _ in 0..100 {
+            s.next().await.expect("an item").expect("an event");
+        }
+        drop(s);
+        eventually("the pump lets go of its source", || {
+            dropped.load(Ordering::Acquire)
+        })
+        .await;
     }
 
     #[test]

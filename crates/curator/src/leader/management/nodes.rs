@@ -14,10 +14,9 @@ use tonic::Status;
 use tonic::codegen::BoxStream;
 
 use super::labels::sorted;
-use super::{is_decommissioning, node_id, reported_address, role_names, state_name};
+use super::{is_decommissioning, node_id, role_names, state_name};
 use crate::health::{self, Heartbeats};
 use crate::leader::Leader;
-use crate::leader::filter::NodeFilter;
 use crate::state::{NodeRecord, node, pki};
 
 /// Every node (or those the CEL filter selects) with its health, from one read.
@@ -26,7 +25,7 @@ pub(super) async fn get_nodes(
     req: GetNodesRequest,
 ) -> Result<BoxStream<api::Node>, Status> {
     // Compile first: a broken filter costs no etcd read.
-    let filter = NodeFilter::compile(&req.filter)?;
+    let filter = leader.filters.compile(req.filter).await?;
     let records = {
         let _guard = leader.nodes_lock.lock().await;
         node::load_all(&leader.leadership).await?
@@ -39,7 +38,7 @@ pub(super) async fn get_nodes(
         .collect();
     // Evaluated before streaming, so a filter error is the call's status rather than a stream
     // cut off halfway.
-    let selected = filter.select(nodes)?;
+    let selected = leader.filters.select(&filter, nodes).await?;
     Ok(Box::pin(futures::stream::iter(
         selected.into_iter().map(Ok),
     )))
@@ -99,9 +98,10 @@ pub(super) async fn decommission_node(
     Ok(DecommissionNodeResponse {})
 }
 
-/// Removes a node: its record and join-key index entry in one transaction. Beyond upstream,
-/// which leaves a deleted node able to authenticate: its certificate is revoked (and the
-/// issued copy dropped), its heartbeats forgotten and its etcd member removed.
+/// Removes a node: its record and join-key index entry in one transaction, leaving a
+/// tombstone. Beyond upstream, which leaves a deleted node able to authenticate: its node ID
+/// and certificate are revoked (and the issued copy dropped), so its open streams end with
+/// Unauthenticated, its heartbeats are forgotten and its etcd member removed.
 pub(super) async fn delete_node(
     leader: &Leader,
     req: DeleteNodeRequest,
@@ -127,8 +127,10 @@ pub(super) async fn delete_node(
     // finds no node) and the node would keep authenticating.
     let serial = pki::revoke_node(leader.ns(), &record.public_key()?).await?;
     node::delete(&leader.leadership, &record).await?;
-    // Refuse the node here from its very next call; other curators learn it from the CRL
-    // watch within milliseconds.
+    // Refuse the node here from its very next call, and end its open streams; other
+    // curators learn it from the tombstone and the CRL within milliseconds, other nodes from
+    // the leader (Curator.WatchRevocations).
+    leader.revocations.revoke_node(&id);
     if let Some(serial) = serial {
         leader.revocations.revoke_serial(&serial);
     }
@@ -143,11 +145,9 @@ pub(super) async fn delete_node(
     // only logged: the record is already gone, so failing the call would make the caller
     // retry into NotFound. A stale member is visible in etcd's member list and can be removed
     // by hand; a dead learner only blocks new learners, a dead voter counts against quorum.
-    match leader
-        .consensus
-        .remove_node(&id, reported_address(&record))
-        .await
-    {
+    // By node ID only: the address in the record is what the node reported about itself,
+    // and a node claiming a voter's address must not take that voter with it.
+    match leader.consensus.remove_node(&id).await {
         Ok(true) => tracing::info!("removed the etcd member of deleted node {id}"),
         Ok(false) => {}
         Err(e) => {

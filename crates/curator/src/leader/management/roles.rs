@@ -124,7 +124,7 @@ async fn add_member(leader: &Leader, record: &NodeRecord) -> Result<ConsensusMem
 async fn remove_member(leader: &Leader, record: &NodeRecord) -> Result<(), Status> {
     leader
         .consensus
-        .remove_node(&record.id, reported_address(record))
+        .remove_node(&record.id)
         .await
         .map(|_| ())
         .map_err(|e| consensus_status(&record.id, e))
@@ -223,6 +223,10 @@ fn consensus_status(id: &str, e: consensus::Error) -> Status {
         consensus::Error::QuorumWouldBreak { reason, .. } => Status::failed_precondition(format!(
             "removing the etcd member of node {id} would break etcd quorum ({reason}); add or repair \
              ConsensusMember nodes first"
+        )),
+        consensus::Error::PeerUrlInUse { url, member, .. } => Status::failed_precondition(format!(
+            "node {id} reports the address of etcd peer URL {url}, which is etcd member {member}'s; \
+             the node must report its own address before it can become a ConsensusMember"
         )),
         consensus::Error::Etcd(e) if e.to_string().contains("too many learner") => {
             Status::unavailable(format!(

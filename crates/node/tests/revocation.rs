@@ -1,0 +1,207 @@
+//! Revocation on every node (127.87.6.0/24): a node deleted from the cluster is refused by the
+//! NodeManagement service of a node that runs no curator (it learns deletions from the leader
+//! through Curator.WatchRevocations), not only by the curators.
+//!
+//! The deleted "node" is the test itself: it registers a key of its own (RegisterNode, owner
+//! approval, CommitNode), which gets it a real node certificate.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{NodeProcess, START_TIMEOUT, bootstrap_params, cluster_ca, write_params};
+use identity::SigningKey;
+use prost::Message;
+use proto::api::get_logs_request::{BacklogMode, StreamMode};
+use proto::api::management_client::ManagementClient;
+use proto::api::node_management_client::NodeManagementClient;
+use proto::api::node_parameters::{Cluster, ClusterRegister};
+use proto::api::{
+    ApproveNodeRequest, DeleteNodeRequest, GetClusterInfoRequest, GetLogsRequest,
+    GetRegisterTicketRequest, NodeParameters, delete_node_request,
+};
+use proto::common::cluster_configuration::StorageSecurityPolicy;
+use proto::common::{ClusterDirectory, NodeStorageSecurity};
+use proto::curator_api::curator_client::CuratorClient;
+use proto::curator_api::{CommitNodeRequest, RegisterNodeRequest};
+use rpc::ClientCredentials;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const NODE0: &str = "127.87.6.1";
+const NODE1: &str = "127.87.6.2";
+
+fn register_params(directory: ClusterDirectory, ticket: Vec<u8>, ca: Vec<u8>) -> NodeParameters {
+    NodeParameters {
+        cluster: Some(Cluster::ClusterRegister(ClusterRegister {
+            cluster_directory: Some(directory),
+            register_ticket: ticket,
+            ca_certificate: ca,
+            labels: None,
+        })),
+        network_config: None,
+    }
+}
+
+/// The public key a registering node logs while it waits for approval.
+fn logged_public_key(node: &NodeProcess) -> Vec<u8> {
+    let line = node.wait_for("waiting for approval", START_TIMEOUT);
+    let hex_key = line
+        .rsplit("node public key ")
+        .next()
+        .map(|s| s.trim_end_matches(')').trim())
+        .expect("public key in line");
+    hex::decode(hex_key).expect("hex public key")
+}
+
+/// Registers `key` the way a node does and returns its node certificate.
+async fn enrol_as_node(
+    key: &SigningKey,
+    ticket: &[u8],
+    ca: &[u8],
+    node0_id: &str,
+    mgmt: &mut ManagementClient<Channel>,
+) -> Vec<u8> {
+    let mut cur = CuratorClient::new(common::channel(
+        &format!("{NODE0}:7835"),
+        ClientCredentials::Ephemeral(key.clone()),
+        ca,
+        node0_id,
+    ));
+    cur.register_node(RegisterNodeRequest {
+        register_ticket: ticket.to_vec(),
+        join_key: SigningKey::generate()
+            .expect("key")
+            .public_key()
+            .as_bytes()
+            .to_vec(),
+        have_local_tpm: false,
+        labels: None,
+    })
+    .await
+    .expect("RegisterNode");
+    mgmt.approve_node(ApproveNodeRequest {
+        pubkey: key.public_key().as_bytes().to_vec(),
+    })
+    .await
+    .expect("ApproveNode");
+    cur.commit_node(CommitNodeRequest {
+        cluster_unlock_key: Vec::new(),
+        storage_security: NodeStorageSecurity::Insecure as i32,
+    })
+    .await
+    .expect("CommitNode")
+    .into_inner()
+    .node_certificate
+}
+
+/// The code NodeManagement.Logs answers `creds` with on `address`.
+async fn logs_code(address: &str, id: &str, creds: &ClientCredentials, ca: &[u8]) -> Code {
+    let ch = common::channel(&format!("{address}:7839"), creds.clone(), ca, id);
+    let r = NodeManagementClient::new(ch)
+        .logs(GetLogsRequest {
+            dn: String::new(),
+            filters: Vec::new(),
+            backlog_mode: BacklogMode::BacklogDisable as i32,
+            backlog_count: 0,
+            stream_mode: StreamMode::StreamDisable as i32,
+        })
+        .await;
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodemanagement_everywhere_refuses_a_deleted_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let owner = SigningKey::generate().expect("owner");
+    let p0 = write_params(
+        dir.path(),
+        &bootstrap_params(&owner, StorageSecurityPolicy::Permissive),
+    );
+    let node0 = NodeProcess::start(&dir.path().join("node0"), NODE0, Some(&p0));
+    let id0 = node0.node_id();
+    node0.wait_for("NODE_READY", START_TIMEOUT);
+    let ca = cluster_ca(&node0.state_dir);
+    let cert = common::escrow(NODE0, &owner, &ca, &id0).await;
+    let mut mgmt =
+        ManagementClient::new(common::owner_channel(NODE0, 7835, &owner, &cert, &ca, &id0));
+    let ticket = mgmt
+        .get_register_ticket(GetRegisterTicketRequest {})
+        .await
+        .expect("ticket")
+        .into_inner()
+        .ticket;
+    let directory = mgmt
+        .get_cluster_info(GetClusterInfoRequest {})
+        .await
+        .expect("cluster info")
+        .into_inner()
+        .cluster_directory
+        .expect("directory");
+
+    // node1: a plain node, no ConsensusMember role, so no curator of its own.
+    let params = dir.path().join("register.pb");
+    std::fs::write(
+        &params,
+        register_params(directory, ticket.clone(), ca.clone()).encode_to_vec(),
+    )
+    .expect("write");
+    let node1 = NodeProcess::start(&dir.path().join("node1"), NODE1, Some(&params));
+    let id1 = node1.node_id();
+    mgmt.approve_node(ApproveNodeRequest {
+        pubkey: logged_public_key(&node1),
+    })
+    .await
+    .expect("ApproveNode");
+    node1.wait_for("NODE_READY", START_TIMEOUT);
+
+    // The test enrols as a node: a real node certificate. Nodes may not read other nodes'
+    // logs, so NodeManagement answers it PermissionDenied: authenticated, not authorized.
+    let key = SigningKey::generate().expect("key");
+    let node_cert = enrol_as_node(&key, &ticket, &ca, &id0, &mut mgmt).await;
+    let creds = ClientCredentials::Authenticated {
+        certificate: node_cert,
+        key: key.clone(),
+    };
+    assert_eq!(
+        logs_code(NODE1, &id1, &creds, &ca).await,
+        Code::PermissionDenied
+    );
+
+    mgmt.delete_node(DeleteNodeRequest {
+        node: Some(delete_node_request::Node::Id(identity::node_id(
+            &key.public_key(),
+        ))),
+        safety_bypass_has_roles: None,
+        safety_bypass_not_decommissioned: Some(
+            delete_node_request::SafetyBypassNotDecommissioned {},
+        ),
+    })
+    .await
+    .expect("DeleteNode");
+    let deleted = Instant::now();
+
+    // Both nodes' NodeManagement now refuse its certificate outright.
+    for (address, id) in [(NODE1, &id1), (NODE0, &id0)] {
+        loop {
+            let code = logs_code(address, id, &creds, &ca).await;
+            if code == Code::Unauthenticated {
+                println!(
+                    "NodeManagement on {address} refuses the deleted node {:?} after the deletion",
+                    deleted.elapsed()
+                );
+                break;
+            }
+            assert!(
+                deleted.elapsed() < Duration::from_secs(15),
+                "NodeManagement on {address} still answers the deleted node with {code:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(node1);
+    drop(node0);
+}
