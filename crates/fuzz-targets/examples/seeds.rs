@@ -93,7 +93,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seeds.push(("logtree_dn", dn.as_bytes().to_vec()));
     }
     seeds.push(("logtree_read", (0u8..=255).cycle().take(600).collect()));
-    seeds.push(("logtree_read", b"\x00\x05root.\x02ab\x01hi\x02\x00root\x01\x01".to_vec()));
+    seeds.push((
+        "logtree_read",
+        b"\x00\x05root.\x02ab\x01hi\x02\x00root\x01\x01".to_vec(),
+    ));
 
     for line in [
         r#"{"level":"info","ts":"2024-05-01T10:00:00.123Z","caller":"etcdserver/server.go:2042","msg":"published local member","local-member-id":"8e9e05c52164694d"}"#,
@@ -133,8 +136,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seeds.push(("hwreport_text", text.as_bytes().to_vec()));
     }
 
+    for f in [
+        "node.state == NODE_STATE_UP && has(node.roles.kubernetes_worker)",
+        "node.labels.pairs.exists(p, p.key == 'example.com/key-1' && p.value == 'value-1')",
+        "node.time_since_heartbeat < duration('6s') || node.health == HEARTBEAT_TIMEOUT",
+        "node.id in ['metropolis-a', 'metropolis-c'] && size(node.pubkey) == 32",
+        "has(node.status) && node.status.timestamp > timestamp('2023-01-01T00:00:00Z')",
+        "node.labels.pairs.map(p, p.value + p.key).filter(v, v.startsWith('value')).size() > 2",
+    ] {
+        seeds.push(("filter", f.as_bytes().to_vec()));
+    }
+
+    for (mode, der) in [
+        (0u8, &c.node),
+        (1, &c.user),
+        (2, &c.node),
+        (3, &c.user),
+        (4, &c.node),
+    ] {
+        let data = if mode == 0 { der.clone() } else { vec![] };
+        seeds.push(("authz", [&[mode][..], &data].concat()));
+    }
+    seeds.push(("authz", [&[0u8][..], &c.ephemeral].concat()));
+    seeds.push(("authz", [&[0u8][..], &c.removed_node].concat()));
+
+    let record = proto::curator_private::Node {
+        public_key: k.public_key().as_ref().to_vec(),
+        join_key: vec![5; 32],
+        fsm_state: 3,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    seeds.push(("node_record", [&[1u8][..], &record].concat()));
+    let id = identity::node_id(&k.public_key());
+    seeds.push((
+        "node_record",
+        [&[0u8][..], id.as_bytes(), &[0], &record].concat(),
+    ));
+    seeds.push((
+        "watch_event",
+        [&[1u8, 0x10][..], &record, &[1, 0x30]].concat(),
+    ));
+    seeds.push((
+        "watch_event",
+        b"\x00/nodes/metropolis-x\x01\x00\x01".to_vec(),
+    ));
+
     let mut clusternet = Vec::new();
-    for s in ["10.192.1.0/24", "203.0.113.7", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="] {
+    for s in [
+        "10.192.1.0/24",
+        "203.0.113.7",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    ] {
         clusternet.extend_from_slice(s.as_bytes());
     }
     seeds.push(("clusternet", clusternet));

@@ -6,6 +6,8 @@ use std::sync::{Arc, LazyLock};
 
 use identity::verify;
 use identity::{PublicKey, SigningKey, templates};
+use rpc::RevocationSet;
+use rpc::peer::{self, NODE_PERMISSIONS, PeerInfo};
 use rpc::server_tls::ClusterOrSelfSignedVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -26,6 +28,12 @@ pub struct Cluster {
     pub user: Vec<u8>,
     /// A self-signed (ephemeral) certificate of the node's key.
     pub ephemeral: Vec<u8>,
+    /// A node certificate of a node removed from the cluster (its ID is in [`Self::revoked`]).
+    pub removed_node: Vec<u8>,
+    /// A user certificate whose serial is in [`Self::revoked`].
+    pub revoked_user: Vec<u8>,
+    /// The revocations the authorization target classifies under.
+    pub revoked: RevocationSet,
     /// The TLS client verifier of the cluster's servers.
     pub verifier: Arc<ClusterOrSelfSignedVerifier>,
 }
@@ -40,6 +48,13 @@ pub fn cluster() -> &'static Cluster {
         let user =
             templates::user_cert(&ca_key, &ca, &node_key.public_key(), "owner").expect("user");
         let ephemeral = templates::ephemeral_cert(&node_key).expect("ephemeral");
+        let removed_key = SigningKey::from_seed(&[0xde; 32]).public_key();
+        let removed_node = templates::node_cert(&ca_key, &ca, &removed_key).expect("node");
+        let revoked_user =
+            templates::user_cert(&ca_key, &ca, &removed_key, "revoked-user").expect("user");
+        let revoked = RevocationSet::new();
+        revoked.revoke_node(&identity::node_id(&removed_key));
+        revoked.revoke_serial(&verify::cert_serial(&revoked_user).expect("serial"));
         let verifier = Arc::new(ClusterOrSelfSignedVerifier::new(ca.clone()));
         Cluster {
             ca_key,
@@ -48,6 +63,9 @@ pub fn cluster() -> &'static Cluster {
             node,
             user,
             ephemeral,
+            removed_node,
+            revoked_user,
+            revoked,
             verifier,
         }
     });
@@ -69,6 +87,86 @@ pub fn signed_by_ca(der: &[u8], c: &Cluster) -> bool {
         .is_ok()
 }
 
+/// Whether `der` is a certificate signed by the key in its own SubjectPublicKeyInfo, checked
+/// with ring directly.
+fn self_signed_by(der: &[u8], key: &PublicKey) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    cert.public_key().subject_public_key.data.as_ref() == key.as_ref()
+        && ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.as_ref())
+            .verify(
+                cert.tbs_certificate.as_ref(),
+                cert.signature_value.data.as_ref(),
+            )
+            .is_ok()
+}
+
+/// The authorization decision of `rpc::peer` (what the authorization layer runs on every
+/// call) over arbitrary DER (first byte 0) or over the sample certificates with bytes
+/// overwritten (first byte 1 to 4 picks the certificate; then 3-byte steps: a big-endian
+/// position and the byte to put there). Properties: the result is Node or User only for a
+/// certificate signed by the CA key (checked with ring), never for a removed node or a revoked
+/// serial; a Node is the node of the certificate's key; every refusal is Unauthenticated; the
+/// unauthenticated path yields a key only for a certificate signed by that key.
+pub fn authz(data: &[u8]) {
+    let c = cluster();
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let der = match mode % 5 {
+        0 => rest.to_vec(),
+        n => {
+            let mut der =
+                [&c.node, &c.user, &c.removed_node, &c.revoked_user][usize::from(n - 1)].clone();
+            for step in rest.chunks_exact(3) {
+                let at = usize::from(u16::from_be_bytes([step[0], step[1]])) % der.len();
+                der[at] = step[2];
+            }
+            der
+        }
+    };
+    let certs = [CertificateDer::from(der.as_slice())];
+    match peer::classify_authenticated(Some(&certs), &c.ca, &c.revoked, NODE_PERMISSIONS) {
+        Ok(PeerInfo::Node(node)) => {
+            assert!(signed_by_ca(&der, c), "a node not signed by the CA");
+            assert_eq!(node.id, identity::node_id(&node.public_key));
+            assert_eq!(verify::cert_public_key(&der).ok(), Some(node.public_key));
+            assert!(
+                !c.revoked.is_node_revoked(&node.id),
+                "a removed node admitted"
+            );
+            assert_eq!(node.permissions, NODE_PERMISSIONS);
+            assert_not_revoked(&der, c);
+        }
+        Ok(PeerInfo::User { identity }) => {
+            assert!(signed_by_ca(&der, c), "a user not signed by the CA");
+            assert!(!identity.is_empty());
+            assert_not_revoked(&der, c);
+        }
+        Ok(other) => panic!("the authenticated path returned {other:?}"),
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}"),
+    }
+    if let PeerInfo::Unauthenticated {
+        self_signed_key: Some(key),
+    } = peer::classify_unauthenticated(Some(&certs))
+    {
+        assert!(
+            self_signed_by(&der, &key),
+            "a self-signed key without its signature"
+        );
+    }
+}
+
+fn assert_not_revoked(der: &[u8], c: &Cluster) {
+    if let Ok(serial) = verify::cert_serial(der) {
+        assert!(
+            !c.revoked.is_serial_revoked(&serial),
+            "a revoked serial admitted"
+        );
+    }
+}
+
 /// Every certificate check of `identity::verify` and the TLS client verifier over `data`,
 /// taken as a certificate of the cluster and as a cluster CA. Properties: node and user
 /// certificates are in the cluster; anything in the cluster is signed by the CA key; the
@@ -87,11 +185,18 @@ pub fn cert_verify(data: &[u8]) {
     let self_signed = verify::verify_self_signed(data);
 
     if let Ok(key) = &in_cluster {
-        assert!(signed_by_ca(data, c), "in the cluster without the CA's signature");
+        assert!(
+            signed_by_ca(data, c),
+            "in the cluster without the CA's signature"
+        );
         assert_eq!(info.as_ref().ok().and_then(|i| i.public_key), Some(*key));
     }
     if let Ok(key) = &node {
-        assert_eq!(in_cluster.as_ref().ok(), Some(key), "node certificate not in cluster");
+        assert_eq!(
+            in_cluster.as_ref().ok(),
+            Some(key),
+            "node certificate not in cluster"
+        );
         let info = info.as_ref().expect("a node certificate parses");
         assert!(info.server_auth);
         assert_eq!(info.common_name, Some(identity::node_id(key)));
@@ -116,7 +221,10 @@ pub fn cert_verify(data: &[u8]) {
 
     // The same bytes as the CA of a cluster.
     if verify::check_in_cluster(&c.node, data).is_ok() {
-        assert!(verify::check_ca(data).is_ok(), "a CA that fails check_ca admits a node");
+        assert!(
+            verify::check_ca(data).is_ok(),
+            "a CA that fails check_ca admits a node"
+        );
     }
 }
 
@@ -129,7 +237,10 @@ pub fn crl(data: &[u8]) {
     if let Ok(info) = verify::inspect_crl(data, &c.ca) {
         let serials = unverified.expect("a signed CRL parses unverified too");
         assert_eq!(info.revoked_serials, serials);
-        assert!(serials.iter().all(|s| s.first() != Some(&0)), "serial with leading zero");
+        assert!(
+            serials.iter().all(|s| s.first() != Some(&0)),
+            "serial with leading zero"
+        );
     }
 }
 
@@ -141,7 +252,11 @@ pub fn pkcs8(data: &[u8]) {
         assert_eq!(again, k);
     }
     if let Ok(k) = SigningKey::from_keypair_bytes(data) {
-        assert_eq!(k.to_keypair_bytes().as_slice(), data, "keypair bytes changed");
+        assert_eq!(
+            k.to_keypair_bytes().as_slice(),
+            data,
+            "keypair bytes changed"
+        );
     }
     if let Ok(k) = PublicKey::from_slice(data) {
         assert_eq!(k.as_ref(), data);
@@ -160,5 +275,37 @@ pub fn pkcs8(data: &[u8]) {
     }
     if let Ok(k) = text.parse::<PublicKey>() {
         assert_eq!(k.to_string().parse::<PublicKey>().ok(), Some(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sample certificates are what the targets take them for, so their seeds reach the
+    /// accepting paths.
+    #[test]
+    fn samples_classify_as_intended() {
+        let c = cluster();
+        let classify = |der: &[u8]| {
+            peer::classify_authenticated(
+                Some(&[CertificateDer::from(der)]),
+                &c.ca,
+                &c.revoked,
+                NODE_PERMISSIONS,
+            )
+        };
+        assert!(
+            matches!(classify(&c.node), Ok(PeerInfo::Node(n)) if n.public_key == c.node_key.public_key())
+        );
+        assert!(
+            matches!(classify(&c.user), Ok(PeerInfo::User { identity }) if identity == "owner")
+        );
+        assert!(classify(&c.removed_node).is_err());
+        assert!(classify(&c.revoked_user).is_err());
+        assert!(classify(&c.ephemeral).is_err());
+        assert!(signed_by_ca(&c.node, c) && !signed_by_ca(&c.ephemeral, c));
+        assert!(self_signed_by(&c.ephemeral, &c.node_key.public_key()));
+        assert!(!self_signed_by(&c.node, &c.node_key.public_key()));
     }
 }

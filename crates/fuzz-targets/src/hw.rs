@@ -20,7 +20,11 @@ pub fn hwreport_text(data: &[u8]) {
     let _ = cpuinfo::parse(&text);
     let _ = memory::mem_total_bytes(&text);
     if let Some(mac) = net::parse_mac(&text) {
-        assert_eq!(mac.len(), text.split(':').count(), "MAC {text:?} parsed to {mac:?}");
+        assert_eq!(
+            mac.len(),
+            text.split(':').count(),
+            "MAC {text:?} parsed to {mac:?}"
+        );
     }
     let _ = block::wwn(&text);
 }

@@ -28,6 +28,10 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("smbios", hw::smbios),
     ("hwreport_text", hw::hwreport_text),
     ("clusternet", curator::clusternet),
+    ("filter", curator::filter),
+    ("authz", certs::authz),
+    ("node_record", curator::node_record),
+    ("watch_event", curator::watch_event),
 ];
 
 /// The target called `name`.

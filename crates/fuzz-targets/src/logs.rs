@@ -13,7 +13,10 @@ pub fn logtree_dn(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (first, second) = text.split_once('\n').unwrap_or((&text, ""));
     let Ok(dn) = Dn::new(first) else {
-        assert!(first.split('.').any(str::is_empty), "valid DN {first:?} refused");
+        assert!(
+            first.split('.').any(str::is_empty),
+            "valid DN {first:?} refused"
+        );
         return;
     };
     assert_eq!(dn.as_str(), first);
@@ -244,7 +247,11 @@ pub fn etcd_log_line(data: &[u8]) {
             },
         )
         .expect("read");
-    let expected = if is_object { 1 } else { line.split('\n').count() };
+    let expected = if is_object {
+        1
+    } else {
+        line.split('\n').count()
+    };
     assert_eq!(read.backlog.len(), expected);
     for e in &read.backlog {
         let _ = logtree::render(e, false);

@@ -59,10 +59,16 @@ pub fn crypt_open(data: &[u8]) {
             assert!(crypt::is_encrypted(&sealed));
             assert_eq!(crypt::open(&key, &path, &sealed).as_deref(), Ok(rest));
             let other_path = format!("{path}/");
-            assert!(crypt::open(&key, &other_path, &sealed).is_err(), "opened elsewhere");
+            assert!(
+                crypt::open(&key, &other_path, &sealed).is_err(),
+                "opened elsewhere"
+            );
             let at = position % sealed.len();
             sealed[at] ^= xor.max(1);
-            assert!(crypt::open(&key, &path, &sealed).is_err(), "tampered byte {at} accepted");
+            assert!(
+                crypt::open(&key, &path, &sealed).is_err(),
+                "tampered byte {at} accepted"
+            );
         }
     }
 }

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
 }
 
 /// Runs `target` over every file of its corpus; the corpus must not be empty.
@@ -65,4 +67,8 @@ replay_tests!(
     smbios,
     hwreport_text,
     clusternet,
+    filter,
+    authz,
+    node_record,
+    watch_event,
 );

@@ -224,7 +224,8 @@ pub fn tls_incoming_with(
             tokio::spawn(async move {
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let conn = Severable::serving(tls, sever, slots, activity, limits.idle_timeout);
+                        let conn =
+                            Severable::serving(tls, sever, slots, activity, limits.idle_timeout);
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, "TLS handshake failed: {e}"),
