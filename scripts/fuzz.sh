@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make fuzz`: builds the libFuzzer harness (fuzz/, nightly, cargo-fuzz installed when missing)
 # and runs each target in turn on its corpus (fuzz/corpus/<target>/) for FUZZ_RUNS executions or
-# FUZZ_TIME seconds, whichever comes first, then minimizes the corpus (cargo fuzz cmin). Crashing
+# FUZZ_TIME seconds, whichever comes first, then minimizes the corpus (scripts/fuzz-trim.sh). Crashing
 # inputs land in fuzz/artifacts/<target>/. Logs and a summary table (executions, time, exec/s,
 # crashes, corpus size) go to target/fuzz-logs/. Exits non-zero if any target crashed.
 #
@@ -63,7 +63,7 @@ for t in "${targets[@]}"; do
     echo "   $t FAILED (exit $status); see $log and $artifacts/"
     tail -30 "$log"
   else
-    "${FUZZ[@]}" cmin "${FLAGS[@]}" "$t" "$corpus" >"$LOGS/$t.cmin.log" 2>&1
+    scripts/fuzz-trim.sh "$t"
   fi
   files=$(find "$corpus" -type f | wc -l)
   echo "| $t | ${execs:-?} | $elapsed | ${rate:-?} | $crashes | $files |" | tee -a "$summary"

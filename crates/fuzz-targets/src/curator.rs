@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use arbitrary::{Arbitrary, Unstructured};
 use curator::leader::curator::clusternet;
-use curator::leader::filter::{MAX_COST_PER_NODE, NodeFilter};
+use curator::leader::filter::{FILTER_THREAD_STACK, MAX_COST_PER_NODE, NodeFilter};
 use curator::state::NodeRecord;
 use curator::state::node::{self, NodeChange};
 use prost::Message;
@@ -75,7 +75,8 @@ fn sample_nodes() -> &'static [api::Node] {
     &NODES
 }
 
-/// GetNodes filters: `NodeFilter::compile`, then `select` over the sample nodes (libFuzzer's
+/// GetNodes filters: `NodeFilter::compile`, then `select` over the sample nodes, on a thread
+/// with the stack of the curator's filter threads (libFuzzer's
 /// `-timeout` and `-rss_limit_mb` bound the time and memory one filter may take). Properties:
 /// an accepted filter is within the per-node cost limit; a selection is a subsequence of the
 /// nodes, in order; refusals are InvalidArgument.
@@ -83,6 +84,19 @@ pub fn filter(data: &[u8]) {
     let Ok(source) = std::str::from_utf8(data) else {
         return;
     };
+    // On a thread like the curator's filter threads: the parser's recursion is bounded by
+    // their stack, not by a test thread's or libFuzzer's main thread's.
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(FILTER_THREAD_STACK)
+            .spawn_scoped(s, || compile_and_select(source))
+            .expect("filter thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    });
+}
+
+fn compile_and_select(source: &str) {
     let compiled = match NodeFilter::compile(source) {
         Ok(f) => f,
         Err(status) => {
