@@ -250,7 +250,7 @@ async fn learners_join_get_promoted_and_quorum_is_protected() {
     // for that voter: adding it is refused, and nothing is added.
     let liar = SigningKey::generate().expect("key");
     let err = sa
-        .add_node(&liar.public_key(), "127.81.3.2".parse().expect("ip"))
+        .add_node(&liar.public_key(), block.addr(2).into())
         .await
         .expect_err("a voter's address");
     assert!(matches!(err, Error::PeerUrlInUse { .. }), "{err}");
@@ -262,7 +262,7 @@ async fn learners_join_get_promoted_and_quorum_is_protected() {
     assert_eq!(voters(&sa).await, 3);
     // A learner that never started has no name; it is still found by its node ID.
     let unstarted = SigningKey::generate().expect("key");
-    sa.add_node(&unstarted.public_key(), "127.81.3.9".parse().expect("ip"))
+    sa.add_node(&unstarted.public_key(), block.addr(9).into())
         .await
         .expect("add learner");
     let members = || async {

@@ -101,6 +101,11 @@ impl Leadership {
 /// How long the election thread waits between attempts to open its etcd connection.
 const CONNECT_RETRY: Duration = Duration::from_millis(200);
 
+/// Pauses between failed election rounds (etcd unreachable, lease refused): quick at first,
+/// so leadership is taken soon after etcd returns, capped so a long outage is not hammered.
+const ROUND_BACKOFF: rpc::Backoff =
+    rpc::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+
 /// Runs the election ([`run`]) on a thread of its own with its own runtime and its own etcd
 /// connection to `consensus`, until `cancel` fires. `api` is the curator keyspace on the
 /// connection leader operations use; published [`Leadership`]s carry it.
@@ -196,18 +201,17 @@ async fn run_with(
     status: watch::Sender<ElectionStatus>,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = ROUND_BACKOFF.delays();
     while !cancel.is_cancelled() {
         status.send_replace(ElectionStatus::Unknown);
         match round(&ns, &api, &node_id, ttl, &status, &cancel).await {
-            Ok(()) => backoff = Duration::from_millis(100),
+            Ok(()) => delays.reset(),
             Err(e) => {
                 tracing::warn!("election round failed: {e}");
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = delays.wait() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

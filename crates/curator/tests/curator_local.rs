@@ -68,7 +68,7 @@ async fn get_ca_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_cluster_crl() {
-    let t = TestLeader::start("127.86.23").await;
+    let t = TestLeader::start().await;
     // Without credentials: clients fetch it before they trust any curator.
     let mut local = CuratorLocalClient::new(t.channel(ClientCredentials::None));
     let first = local

@@ -115,6 +115,7 @@ impl Monitor {
         let verification = ServerVerification::Cluster {
             ca: t.ca.clone(),
             node_id: Some(t.node_id()),
+            crl: None,
         };
         let addr = t.addr.clone();
         let socket = t.consensus.socket_path.clone();
@@ -205,7 +206,7 @@ fn still_leader(t: &TestLeader) -> bool {
 /// the bombs are refused at once, naming the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_bombs_do_not_stall_the_leader() {
-    let t = TestLeader::start("127.91.1").await;
+    let t = TestLeader::start().await;
     for _ in 0..20 {
         add_node(&t, NodeState::Up, &[1; 32]).await;
     }
@@ -338,7 +339,7 @@ fn delete_request(id: &str) -> DeleteNodeRequest {
 /// Unauthenticated within a second, without it sending anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_node_ends_its_open_streams() {
-    let t = TestLeader::start("127.91.2").await;
+    let t = TestLeader::start().await;
     let k = key();
     add_node_with_key(&t, &k).await;
     let mut cur = curator(t.node(&k).await);
@@ -409,7 +410,7 @@ async fn deleting_a_node_ends_its_open_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starting_curator_refuses_deleted_nodes_from_its_first_call() {
     const DELETED: usize = 20_000;
-    let t = TestLeader::start("127.91.6").await;
+    let t = TestLeader::start().await;
     let gone = key();
     let gone_cert = curator::state::pki::ensure_node_certificate(t.leader.ns(), &gone.public_key())
         .await
@@ -445,7 +446,7 @@ async fn a_starting_curator_refuses_deleted_nodes_from_its_first_call() {
             .expect("certificate");
     let credentials =
         identity::NodeCredentials::new(other.clone(), other_cert, t.ca.clone()).expect("creds");
-    let listen: std::net::SocketAddr = "127.91.6.2:7835".parse().expect("addr");
+    let listen = std::net::SocketAddr::new(t.block.addr(2).into(), 7835);
     let config = curator::Config::new(credentials, t.consensus.clone(), listen);
     assert!(config.revocations.is_empty());
     let started = curator::Curator::new(config);
@@ -454,6 +455,7 @@ async fn a_starting_curator_refuses_deleted_nodes_from_its_first_call() {
     let verification = ServerVerification::Cluster {
         ca: t.ca.clone(),
         node_id: Some(id_of(&other)),
+        crl: None,
     };
     let creds = ClientCredentials::Authenticated {
         certificate: gone_cert,
@@ -491,7 +493,7 @@ async fn a_starting_curator_refuses_deleted_nodes_from_its_first_call() {
 /// then each deletion as it happens. What non-curator nodes feed their servers from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_revocations_reports_the_crl_and_deletions() {
-    let t = TestLeader::start("127.91.7").await;
+    let t = TestLeader::start().await;
     let (early, late, watcher) = (key(), key(), key());
     for k in [&early, &late, &watcher] {
         add_node_with_key(&t, k).await;
@@ -557,7 +559,7 @@ async fn join_storm_does_not_delay_approvals() {
     const ATTACKERS: usize = 500;
     const ROUNDS: usize = 8;
     const PER_ROUND: usize = 5;
-    let t = TestLeader::start("127.91.3").await;
+    let t = TestLeader::start().await;
     let mut waiting = Vec::new();
     for _ in 0..2 * ROUNDS * PER_ROUND {
         let (k, _) = add_node(&t, NodeState::New, &[]).await;
@@ -602,6 +604,7 @@ async fn join_storm_does_not_delay_approvals() {
         let verification = ServerVerification::Cluster {
             ca: t.ca.clone(),
             node_id: Some(t.node_id()),
+            crl: None,
         };
         let addr = t.addr.clone();
         std::thread::spawn(move || {
@@ -733,7 +736,7 @@ fn big_labels(round: usize) -> Vec<Pair> {
 /// buffering everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_watches_cannot_stall_the_leader() {
-    let t = TestLeader::start("127.91.4").await;
+    let t = TestLeader::start().await;
     let k = key();
     add_node_with_key(&t, &k).await;
     let target = key();
@@ -838,10 +841,10 @@ async fn unread_watches_cannot_stall_the_leader() {
 /// members are found by node ID only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_node_claiming_a_voters_address_keeps_the_voter() {
-    let t = TestLeader::start("127.91.5").await;
+    let t = TestLeader::start().await;
     // A second voter at .2.
     let voter = key();
-    let voter_ip: std::net::IpAddr = "127.91.5.2".parse().expect("ip");
+    let voter_ip: std::net::IpAddr = t.block.addr(2).into();
     let join = t
         .consensus
         .add_node(&voter.public_key(), voter_ip)
@@ -892,7 +895,7 @@ async fn deleting_a_node_claiming_a_voters_address_keeps_the_voter() {
     let liar = key();
     add_node_with_key(&t, &liar).await;
     modify(&t, &id_of(&liar), |r| {
-        r.node.status = Some(status("127.91.5.2"));
+        r.node.status = Some(status(&voter_ip.to_string()));
     })
     .await;
     owner

@@ -94,8 +94,8 @@ async fn legitimate_node_is_served_under_a_connection_and_stream_flood() {
         return;
     }
     sys::raise_open_file_limit().expect("raising the open-file limit");
-    let block = "127.213.1";
-    let t = TestLeader::start(block).await;
+    let t = TestLeader::start().await;
+    let block = t.block.prefix();
     let (key, _) = add_node(&t, NodeState::Up, &[1; 32]).await;
     let id = id_of(&key);
     let node_channel = t.node(&key).await;
@@ -575,7 +575,7 @@ async fn oversized_node_fields_are_refused_and_not_stored() {
     use proto::curator_api::UpdateNodeClusterNetworkingRequest;
     use tonic::Code;
 
-    let t = TestLeader::start("127.213.2").await;
+    let t = TestLeader::start().await;
     let (key, _) = add_node(&t, NodeState::Up, &[1; 32]).await;
     let id = id_of(&key);
     let mut node = curator(t.node(&key).await);

@@ -37,6 +37,7 @@ use launch::proto::common::cluster_directory::{Node as DirectoryNode, node::Addr
 use launch::{Cluster, DeleteBypass, Exit, Node};
 use prost::Message as _;
 use rogue::Rogue;
+use test_support::LoopbackBlock;
 use tokio::time::Instant;
 
 /// How long the victim is given to act on the rogue's order (it acts within seconds when it
@@ -45,7 +46,7 @@ const VERDICT: Duration = Duration::from_secs(60);
 
 /// A 3-node cluster with INSECURE storage: the rogue can then answer JoinNode (the cluster
 /// unlock key is empty) and the test can read node credentials from the data directories.
-async fn cluster(block: &str) -> Cluster {
+async fn cluster(block: &LoopbackBlock) -> Cluster {
     let mut options = common::options(3, block);
     options.storage_policy = StorageSecurityPolicy::NeedsInsecure;
     common::start(options).await
@@ -135,7 +136,7 @@ async fn assert_unharmed(
 
 /// The victim kept its data, runs, and logged a SECURITY warning naming the rogue.
 fn assert_kept(victim: &Node, data_before: &[PathBuf], rogue: &Rogue, security: &[String]) {
-    let data_after = common::files_below(&victim.data_dir());
+    let data_after = test_support::fs::files_below(&victim.data_dir());
     let lost: Vec<&PathBuf> = data_before
         .iter()
         .filter(|f| !data_after.contains(f))
@@ -166,7 +167,8 @@ fn assert_kept(victim: &Node, data_before: &[PathBuf], rogue: &Rogue, security: 
 async fn revoked_curator_is_refused() {
     common::init();
     let mut clock = Clock::new();
-    let cluster = cluster("127.91.1").await;
+    let block = LoopbackBlock::allocate();
+    let cluster = cluster(&block).await;
     clock.lap("cluster of 3 launched");
     let (id0, id1, id2) = (
         cluster.id_of(0).expect("id"),
@@ -207,7 +209,7 @@ async fn revoked_curator_is_refused() {
             (&id0, node0.address().to_string()),
         ],
     );
-    let data_before = common::files_below(&victim.data_dir());
+    let data_before = test_support::fs::files_below(&victim.data_dir());
     let rogue = Rogue::start(curator_addr(node1), stolen, id2.clone()).await;
     victim.start().expect("victim started");
     let security = verdict(victim, &rogue, &id1).await;
@@ -224,7 +226,8 @@ async fn revoked_curator_is_refused() {
 async fn non_member_curator_is_refused() {
     common::init();
     let mut clock = Clock::new();
-    let cluster = cluster("127.91.2").await;
+    let block = LoopbackBlock::allocate();
+    let cluster = cluster(&block).await;
     clock.lap("cluster of 3 launched");
     let (id0, id1, id2) = (
         cluster.id_of(0).expect("id"),
@@ -246,7 +249,7 @@ async fn non_member_curator_is_refused() {
             (&id0, node0.address().to_string()),
         ],
     );
-    let data_before = common::files_below(&victim.data_dir());
+    let data_before = test_support::fs::files_below(&victim.data_dir());
     let rogue = Rogue::start(curator_addr(node1), stolen, id2.clone()).await;
     victim.start().expect("victim started");
     let security = verdict(victim, &rogue, &id1).await;
@@ -263,7 +266,8 @@ async fn non_member_curator_is_refused() {
 async fn unconfirmed_order_is_not_obeyed() {
     common::init();
     let mut clock = Clock::new();
-    let mut options = common::options(3, "127.91.3");
+    let block = LoopbackBlock::allocate();
+    let mut options = common::options(3, &block);
     options.storage_policy = StorageSecurityPolicy::NeedsInsecure;
     options.consensus_members = 1;
     let cluster = common::start(options).await;
@@ -331,7 +335,7 @@ async fn unconfirmed_order_is_not_obeyed() {
     clock.lap("consensus member node 1 deleted while the victim was down");
 
     // The victim comes back while the only genuine curator hangs, and finds the rogue.
-    let data_before = common::files_below(&victim.data_dir());
+    let data_before = test_support::fs::files_below(&victim.data_dir());
     let rogue = Rogue::start(curator_addr(node1), stolen, id2.clone()).await;
     node0.freeze();
     victim.start().expect("victim started");
@@ -358,7 +362,7 @@ async fn unconfirmed_order_is_not_obeyed() {
         .await
         .expect("the victim is a healthy node of the real cluster again");
     clock.lap("node 0 thawed, victim healthy");
-    let data_after = common::files_below(&victim.data_dir());
+    let data_after = test_support::fs::files_below(&victim.data_dir());
     assert!(
         data_before.iter().all(|f| data_after.contains(f)),
         "the victim lost data after all: {data_after:?}"
@@ -377,7 +381,7 @@ async fn unconfirmed_order_is_not_obeyed() {
         .expect("victim DECOMMISSIONED");
     let exit = victim.wait_exit(GONE).await.expect("victim stops");
     assert_eq!(exit, Exit::Code(3), "{}", victim.tail(30));
-    let leftovers = common::files_below(&victim.data_dir());
+    let leftovers = test_support::fs::files_below(&victim.data_dir());
     assert!(leftovers.is_empty(), "victim kept {leftovers:?}");
     clock.lap("genuine decommissioning of the victim done");
     drop(rogue);

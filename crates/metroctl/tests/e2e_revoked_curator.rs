@@ -14,10 +14,12 @@ use common::{HEALTH, Metroctl};
 use identity::NodeCredentials;
 use launch::proto::common::cluster_configuration::StorageSecurityPolicy;
 use launch::{ClusterOptions, DeleteBypass};
+use test_support::LoopbackBlock;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_curator_is_refused() {
-    let mut options = ClusterOptions::new(2, "127.89.7");
+    let block = LoopbackBlock::allocate();
+    let mut options = ClusterOptions::new(2, &block.prefix());
     // INSECURE storage, so the test can read node 1's credentials like a thief would.
     options.storage_policy = StorageSecurityPolicy::NeedsInsecure;
     let cluster = launch::Cluster::start(options)

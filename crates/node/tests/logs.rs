@@ -403,6 +403,7 @@ async fn a_revoked_caller_loses_its_log_stream() {
         let verification = ServerVerification::Cluster {
             ca: ca.clone(),
             node_id: Some(identity::node_id(&server_key.public_key())),
+            crl: None,
         };
         let config = rpc::client_tls::client_config(&creds, verification).expect("config");
         let ch = rpc::client_tls::connect_lazy(&addr, config).expect("channel");

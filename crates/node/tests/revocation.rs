@@ -1,4 +1,4 @@
-//! Revocation on every node (127.87.6.0/24): a node deleted from the cluster is refused by the
+//! Revocation on every node (on a loopback block of its own): a node deleted from the cluster is refused by the
 //! NodeManagement service of a node that runs no curator (it learns deletions from the leader
 //! through Curator.WatchRevocations), not only by the curators.
 //!
@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, START_TIMEOUT, bootstrap_params, cluster_ca, write_params};
+use common::{START_TIMEOUT, bootstrap_params, cluster_ca, write_params};
 use identity::SigningKey;
 use prost::Message;
 use proto::api::get_logs_request::{BacklogMode, StreamMode};
@@ -25,11 +25,10 @@ use proto::common::{ClusterDirectory, NodeStorageSecurity};
 use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::{CommitNodeRequest, RegisterNodeRequest};
 use rpc::ClientCredentials;
+use test_support::LoopbackBlock;
+use test_support::node::{self, Node, TestNode};
 use tonic::Code;
 use tonic::transport::Channel;
-
-const NODE0: &str = "127.87.6.1";
-const NODE1: &str = "127.87.6.2";
 
 fn register_params(directory: ClusterDirectory, ticket: Vec<u8>, ca: Vec<u8>) -> NodeParameters {
     NodeParameters {
@@ -44,8 +43,10 @@ fn register_params(directory: ClusterDirectory, ticket: Vec<u8>, ca: Vec<u8>) ->
 }
 
 /// The public key a registering node logs while it waits for approval.
-fn logged_public_key(node: &NodeProcess) -> Vec<u8> {
-    let line = node.wait_for("waiting for approval", START_TIMEOUT);
+async fn logged_public_key(node: &Node) -> Vec<u8> {
+    let line = node
+        .expect_line("waiting for approval", START_TIMEOUT)
+        .await;
     let hex_key = line
         .rsplit("node public key ")
         .next()
@@ -56,6 +57,7 @@ fn logged_public_key(node: &NodeProcess) -> Vec<u8> {
 
 /// Registers `key` the way a node does and returns its node certificate.
 async fn enrol_as_node(
+    node0: &str,
     key: &SigningKey,
     ticket: &[u8],
     ca: &[u8],
@@ -63,7 +65,7 @@ async fn enrol_as_node(
     mgmt: &mut ManagementClient<Channel>,
 ) -> Vec<u8> {
     let mut cur = CuratorClient::new(common::channel(
-        &format!("{NODE0}:7835"),
+        &format!("{node0}:7835"),
         ClientCredentials::Ephemeral(key.clone()),
         ca,
         node0_id,
@@ -115,19 +117,24 @@ async fn logs_code(address: &str, id: &str, creds: &ClientCredentials, ca: &[u8]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodemanagement_everywhere_refuses_a_deleted_node() {
+    let block = LoopbackBlock::allocate();
+    let (node0_ip, node1_ip) = (block.host(1), block.host(2));
+    let (node0_ip, node1_ip) = (node0_ip.as_str(), node1_ip.as_str());
     let dir = tempfile::tempdir().expect("tempdir");
     let owner = SigningKey::generate().expect("owner");
     let p0 = write_params(
         dir.path(),
         &bootstrap_params(&owner, StorageSecurityPolicy::Permissive),
     );
-    let node0 = NodeProcess::start(&dir.path().join("node0"), NODE0, Some(&p0));
-    let id0 = node0.node_id();
-    node0.wait_for("NODE_READY", START_TIMEOUT);
-    let ca = cluster_ca(&node0.state_dir);
-    let cert = common::escrow(NODE0, &owner, &ca, &id0).await;
-    let mut mgmt =
-        ManagementClient::new(common::owner_channel(NODE0, 7835, &owner, &cert, &ca, &id0));
+    let node0_dir = dir.path().join("node0");
+    let node0 = node::start(0, &node0_dir, block.addr(1), Some(&p0));
+    let id0 = node0.expect_id(START_TIMEOUT).await;
+    node0.expect_line(node::READY_MARKER, START_TIMEOUT).await;
+    let ca = cluster_ca(&node0_dir);
+    let cert = common::escrow(node0_ip, &owner, &ca, &id0).await;
+    let mut mgmt = ManagementClient::new(common::owner_channel(
+        node0_ip, 7835, &owner, &cert, &ca, &id0,
+    ));
     let ticket = mgmt
         .get_register_ticket(GetRegisterTicketRequest {})
         .await
@@ -149,25 +156,25 @@ async fn nodemanagement_everywhere_refuses_a_deleted_node() {
         register_params(directory, ticket.clone(), ca.clone()).encode_to_vec(),
     )
     .expect("write");
-    let node1 = NodeProcess::start(&dir.path().join("node1"), NODE1, Some(&params));
-    let id1 = node1.node_id();
+    let node1 = node::start(1, &dir.path().join("node1"), block.addr(2), Some(&params));
+    let id1 = node1.expect_id(START_TIMEOUT).await;
     mgmt.approve_node(ApproveNodeRequest {
-        pubkey: logged_public_key(&node1),
+        pubkey: logged_public_key(&node1).await,
     })
     .await
     .expect("ApproveNode");
-    node1.wait_for("NODE_READY", START_TIMEOUT);
+    node1.expect_line(node::READY_MARKER, START_TIMEOUT).await;
 
     // The test enrols as a node: a real node certificate. Nodes may not read other nodes'
     // logs, so NodeManagement answers it PermissionDenied: authenticated, not authorized.
     let key = SigningKey::generate().expect("key");
-    let node_cert = enrol_as_node(&key, &ticket, &ca, &id0, &mut mgmt).await;
+    let node_cert = enrol_as_node(node0_ip, &key, &ticket, &ca, &id0, &mut mgmt).await;
     let creds = ClientCredentials::Authenticated {
         certificate: node_cert,
         key: key.clone(),
     };
     assert_eq!(
-        logs_code(NODE1, &id1, &creds, &ca).await,
+        logs_code(node1_ip, &id1, &creds, &ca).await,
         Code::PermissionDenied
     );
 
@@ -185,7 +192,7 @@ async fn nodemanagement_everywhere_refuses_a_deleted_node() {
     let deleted = Instant::now();
 
     // Both nodes' NodeManagement now refuse its certificate outright.
-    for (address, id) in [(NODE1, &id1), (NODE0, &id0)] {
+    for (address, id) in [(node1_ip, &id1), (node0_ip, &id0)] {
         loop {
             let code = logs_code(address, id, &creds, &ca).await;
             if code == Code::Unauthenticated {

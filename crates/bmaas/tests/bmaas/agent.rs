@@ -12,7 +12,8 @@ use prost::Message;
 use proto::cloud::bmaas::server::api::AgentHardwareReport;
 use uuid::Uuid;
 
-use crate::common::{self, TestServer, eventually};
+use crate::common::{self, TestServer};
+use test_support::eventually;
 
 /// A procfs whose cpuinfo makes the hardware report about 2 MiB: every processor has a
 /// malformed core ID of a kilobyte, which becomes a warning quoting it.
@@ -75,12 +76,11 @@ async fn tags(
 /// Waits until the machine's heartbeat time moves past `after`, i.e. heartbeats keep being
 /// recorded after the report was dealt with.
 async fn heartbeats_continue(t: &TestServer, machine: Uuid, after: DateTime<Utc>) {
-    eventually(
-        Duration::from_secs(20),
-        "the heartbeat time advancing",
-        || async move { tags(t, machine).await.0.filter(|at| *at > after) },
-    )
-    .await;
+    eventually(Duration::from_secs(20), async || {
+        tags(t, machine).await.0.filter(|at| *at > after)
+    })
+    .await
+    .expect("the heartbeat time advancing");
 }
 
 /// A report over the server's limit is trimmed by the agent: it is stored (with a warning
@@ -95,12 +95,9 @@ async fn oversized_hardware_report_is_trimmed_and_heartbeats_go_on() {
     let config = agent_config(&t, machine, &key, dir.path(), ReportLimits::default());
     let agent = tokio::spawn(bmaas::agent::run(config));
 
-    let report = eventually(
-        Duration::from_secs(20),
-        "a stored hardware report",
-        || async { tags(&t, machine).await.1 },
-    )
-    .await;
+    let report = eventually(Duration::from_secs(20), async || tags(&t, machine).await.1)
+        .await
+        .expect("a stored hardware report");
     assert!(
         report.encoded_len() <= bmaas::server::agent_callback::MAX_HARDWARE_REPORT_BYTES,
         "{} bytes",
@@ -133,10 +130,9 @@ async fn refused_hardware_report_is_dropped_and_heartbeats_go_on() {
     let agent = tokio::spawn(bmaas::agent::run(config));
 
     // The first heartbeat carries no report.
-    let first = eventually(Duration::from_secs(20), "a first heartbeat", || async {
-        tags(&t, machine).await.0
-    })
-    .await;
+    let first = eventually(Duration::from_secs(20), async || tags(&t, machine).await.0)
+        .await
+        .expect("a first heartbeat");
     heartbeats_continue(&t, machine, first).await;
     let (at, report) = tags(&t, machine).await;
     heartbeats_continue(&t, machine, at.unwrap()).await;

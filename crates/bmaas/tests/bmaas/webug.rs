@@ -104,21 +104,18 @@ async fn connections_beyond_the_limit_are_closed() {
     assert_eq!(n, 0);
 
     silent.pop();
-    common::eventually(
-        Duration::from_secs(10),
-        "a page once a place is free",
-        || async {
-            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .ok()?;
-            let mut out = String::new();
-            tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
-                .await
-                .ok()?
-                .ok()?;
-            out.starts_with("HTTP/1.1 200 OK").then_some(())
-        },
-    )
-    .await;
+    test_support::eventually(Duration::from_secs(10), async || {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out))
+            .await
+            .ok()?
+            .ok()?;
+        out.starts_with("HTTP/1.1 200 OK").then_some(())
+    })
+    .await
+    .expect("a page once a place is free");
 }
