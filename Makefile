@@ -11,7 +11,7 @@ CARGO ?= cargo
 DEBIAN_PACKAGES := etcd-server protobuf-compiler libprotobuf-dev postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test lint unit cluster bench clean
+.PHONY: deps test lint unit cluster bench fuzz clean
 
 NODES ?= 3
 BENCH ?= all
@@ -57,6 +57,15 @@ cluster: deps
 bench: deps
 	$(CARGO) build --release -p node
 	$(CARGO) run --release -p bench -- $(BENCH) $(BENCH_ARGS)
+
+# Fuzzing (nightly, libFuzzer through cargo-fuzz, installed when missing): every target in turn
+# (or those in FUZZ_TARGETS) for FUZZ_RUNS executions or FUZZ_TIME seconds each, then the corpus
+# is minimized; FUZZING.md records a campaign. `make test` replays the corpora on stable.
+FUZZ_RUNS ?= 1000000
+FUZZ_TIME ?= 600
+FUZZ_TARGETS ?=
+fuzz:
+	FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_TIME=$(FUZZ_TIME) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 test: deps lint unit
 

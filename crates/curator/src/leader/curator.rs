@@ -16,7 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 use super::Leader;
 use crate::state::NodeRecord;
 
-mod clusternet;
+// Public (hidden) only so the fuzz targets can call its parsers and checks directly.
+#[doc(hidden)]
+pub mod clusternet;
 mod kube_pki;
 mod lifecycle;
 mod membership;

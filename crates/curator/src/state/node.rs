@@ -453,8 +453,10 @@ pub async fn deletions(
     Ok(ids.chain(ended))
 }
 
-/// The node ID of a tombstone key (namespace already stripped).
-fn deleted_id(key: &[u8]) -> Option<String> {
+/// The node ID of a tombstone key (namespace already stripped). Public (hidden) for the fuzz
+/// targets only.
+#[doc(hidden)]
+pub fn deleted_id(key: &[u8]) -> Option<String> {
     String::from_utf8_lossy(key)
         .strip_prefix(DELETED_PREFIX)
         .filter(|id| !id.is_empty())
@@ -555,8 +557,9 @@ pub async fn changes(
     Ok(changes.chain(ended))
 }
 
-/// The changes of one etcd watch response.
-fn batch_changes(batch: Result<WatchBatch, kv::Error>) -> Vec<Result<NodeChange, StateError>> {
+/// The changes of one etcd watch response. Public (hidden) for the fuzz targets only.
+#[doc(hidden)]
+pub fn batch_changes(batch: Result<WatchBatch, kv::Error>) -> Vec<Result<NodeChange, StateError>> {
     match batch {
         Ok(b) => b
             .events

@@ -91,7 +91,7 @@ fn wireguard_key_of(cn: Option<&NodeClusterNetworking>) -> Option<[u8; WIREGUARD
 }
 
 /// A WireGuard key: standard base64 (with padding) of 32 bytes, as `wg` prints it.
-fn parse_wireguard_key(s: &str) -> Option<[u8; WIREGUARD_KEY_LEN]> {
+pub fn parse_wireguard_key(s: &str) -> Option<[u8; WIREGUARD_KEY_LEN]> {
     base64_decode(s)?.try_into().ok()
 }
 
@@ -99,7 +99,7 @@ fn parse_wireguard_key(s: &str) -> Option<[u8; WIREGUARD_KEY_LEN]> {
 /// with a length of at least its own, or exactly the /32 of the node's external address.
 /// Only IPv4 exists in the cluster network; an IPv6 external address cannot be announced
 /// (upstream compares the /32 case textually, which an IPv6 prefix never matches either).
-fn check_prefix(cidr: &str, external_address: &str) -> Result<Prefix, String> {
+pub fn check_prefix(cidr: &str, external_address: &str) -> Result<Prefix, String> {
     let (addr, len) =
         parse_ipv4_prefix(cidr).ok_or_else(|| format!("{cidr:?} is not an IPv4 prefix"))?;
     if mask(addr, len) != addr {
@@ -145,7 +145,7 @@ const BASE64_ALPHABET: &[u8; 64] =
 
 /// Standard base64 with padding. The crate has no base64 dependency, and a WireGuard key is
 /// the only base64 the curator handles.
-fn base64_encode(data: &[u8]) -> String {
+pub fn base64_encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -169,7 +169,7 @@ fn base64_encode(data: &[u8]) -> String {
 
 /// Decodes standard base64 with padding; `None` for anything malformed. Like Go's
 /// (non-strict) decoder, nonzero unused bits in the last character are accepted.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
     if bytes.is_empty() || !bytes.len().is_multiple_of(4) {
         return None;
