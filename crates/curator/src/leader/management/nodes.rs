@@ -70,7 +70,9 @@ pub(super) async fn approve_node(
 
 /// Ours (upstream: Unimplemented): UP and role-less → DECOMMISSION_REQUESTED. The node sees
 /// that through Curator.Watch, wipes itself and reports progress with
-/// Curator.ReportDecommission (DECOMMISSIONING, then DECOMMISSIONED).
+/// Curator.ReportDecommission (DECOMMISSIONING, then DECOMMISSIONED). A node that is down
+/// when asked does so when it next starts (JoinNode lets it in for that); one that will
+/// never come back is finished by DeleteNode with the not-decommissioned bypass.
 pub(super) async fn decommission_node(
     leader: &Leader,
     req: DecommissionNodeRequest,
