@@ -69,6 +69,13 @@ pub async fn serve(
                     config.revocations.clone(),
                 );
                 let router = leader::router(&leader, security.clone());
+                // The background reconciler lives exactly as long as this leadership's
+                // server: `sever` fires when the election status changes.
+                tokio::spawn(leader::background::run(
+                    leader.clone(),
+                    leader::background::RECONCILE_PERIOD,
+                    sever.clone(),
+                ));
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
             }
             other => {

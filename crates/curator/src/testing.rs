@@ -194,7 +194,7 @@ impl TestLeader {
     /// A channel authenticated as the owner (its certificate is issued directly in etcd).
     pub async fn owner(&self) -> Channel {
         let cert = crate::state::pki::ensure_owner_certificate(
-            self.leader.ns(),
+            &self.leader.leadership.guarded_namespace(),
             &self.owner_key.public_key(),
         )
         .await
@@ -207,9 +207,11 @@ impl TestLeader {
 
     /// A channel authenticated with the node certificate of `key` (issued directly in etcd).
     pub async fn node(&self, key: &SigningKey) -> Channel {
-        let cert = crate::state::pki::ensure_node_certificate(self.leader.ns(), &key.public_key())
-            .await
-            .expect("node certificate");
+        let cert =
+            crate::state::pki::leader_node_certificate(&self.leader.leadership, &key.public_key())
+                .await
+                .expect("node certificate")
+                .1;
         self.channel(ClientCredentials::Authenticated {
             certificate: cert,
             key: key.clone(),
@@ -228,6 +230,16 @@ impl TestLeader {
         crate::state::node::write_unchecked(&self.leader.leadership, record)
             .await
             .expect("writing node record");
+    }
+
+    /// Runs the leader's background reconciler every `period` until the leader stops.
+    /// (Not started by default: tests that write leftovers on purpose must keep them.)
+    pub fn reconcile_every(&self, period: Duration) {
+        tokio::spawn(leader::background::run(
+            self.leader.clone(),
+            period,
+            self.cancel.child_token(),
+        ));
     }
 
     /// The bootstrap node's ID.

@@ -188,13 +188,24 @@ async fn registration() {
     assert_eq!(record.state(), NodeState::Up);
     assert_eq!(record.node.cluster_unlock_key, cuk);
 
-    // UP is final for the Register Flow.
+    // UP is final for the Register Flow: only a repeat of the same commit (its reply was
+    // lost) is answered, with the same certificate; another cluster unlock key is refused.
+    assert_eq!(
+        commit(
+            &t,
+            &node_key,
+            commit_request(&cuk, NodeStorageSecurity::AuthenticatedEncrypted)
+        )
+        .await
+        .expect("repeated commit"),
+        resp
+    );
     assert_eq!(
         code(
             commit(
                 &t,
                 &node_key,
-                commit_request(&cuk, NodeStorageSecurity::AuthenticatedEncrypted)
+                commit_request(&[1u8; 32], NodeStorageSecurity::AuthenticatedEncrypted)
             )
             .await
         ),

@@ -35,6 +35,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A write through a guarded namespace ([`crate::Namespaced::guarded`]) found its guard
+    /// condition false (e.g. the writer is no longer the leader it was): nothing was written.
+    #[error("the guard condition of this etcd write does not hold; nothing was written")]
+    GuardFailed,
+
+    /// etcd answered a guarded write without the response of the operation it wrapped.
+    #[error("etcd answered a guarded write without its response")]
+    MissingResponse,
+
     /// etcd cancelled a watch; the caller must re-read and watch again.
     #[error(
         "etcd cancelled the watch (compact revision {compact_revision}): {reason}; re-read and watch again"

@@ -3,8 +3,8 @@
 use std::fmt;
 
 use etcd_client::{
-    Client, DeleteOptions, DeleteResponse, GetOptions, GetResponse, KvClientPrefix, PutOptions,
-    PutResponse, Txn, TxnResponse, WatchOptions,
+    Client, Compare, DeleteOptions, DeleteResponse, GetOptions, GetResponse, KvClientPrefix,
+    PutOptions, PutResponse, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 
 use crate::error::{Error, Result};
@@ -25,11 +25,17 @@ const PATH_SEPARATOR: char = ':';
 /// transactions (build the [`Txn`] with relative keys). Range requests must use `with_prefix`
 /// or `with_range`: etcd-client does not translate `with_from_key`/`with_all_keys`, which
 /// would therefore reach past the namespace. Watches drop events outside the namespace.
+///
+/// A [`Namespaced::guarded`] client makes every write (put, delete, transaction) conditional
+/// on one compare, e.g. a leader's election key: code that only knows how to write (the PKI)
+/// then writes only while its caller's condition holds.
 #[derive(Clone)]
 pub struct Namespaced {
     client: Client,
     path: Vec<String>,
     prefix: String,
+    /// The condition every write is made under, if any (a relative key).
+    guard: Option<Compare>,
 }
 
 impl Namespaced {
@@ -39,6 +45,7 @@ impl Namespaced {
             client,
             path: Vec::new(),
             prefix: String::new(),
+            guard: None,
         }
     }
 
@@ -52,7 +59,33 @@ impl Namespaced {
             client: self.client.clone(),
             prefix: prefix_for(&path),
             path,
+            guard: None,
         })
+    }
+
+    /// This namespace with every write made under `guard` (a compare on a key of this
+    /// namespace): a write whose guard does not hold fails with [`Error::GuardFailed`] and
+    /// changes nothing. Reads and watches are not affected. Sub-namespaces do not inherit it.
+    pub fn guarded(&self, guard: Compare) -> Self {
+        Namespaced {
+            guard: Some(guard),
+            ..self.clone()
+        }
+    }
+
+    /// Runs `op` under the guard; its own response.
+    async fn guarded_op(&self, guard: &Compare, op: TxnOp) -> Result<TxnOpResponse> {
+        let resp = self
+            .kv()
+            .txn(Txn::new().when([guard.clone()]).and_then([op]))
+            .await?;
+        if !resp.succeeded() {
+            return Err(Error::GuardFailed);
+        }
+        resp.op_responses()
+            .into_iter()
+            .next()
+            .ok_or(Error::MissingResponse)
     }
 
     /// The raw key prefix of this namespace (empty for the root).
@@ -110,7 +143,16 @@ impl Namespaced {
         value: impl Into<Vec<u8>>,
         options: Option<PutOptions>,
     ) -> Result<PutResponse> {
-        Ok(self.kv().put(key, value, options).await?)
+        let Some(guard) = &self.guard else {
+            return Ok(self.kv().put(key, value, options).await?);
+        };
+        match self
+            .guarded_op(guard, TxnOp::put(key, value, options))
+            .await?
+        {
+            TxnOpResponse::Put(r) => Ok(r),
+            _ => Err(Error::MissingResponse),
+        }
     }
 
     /// Deletes `key` (or a range, see the type docs about options).
@@ -119,7 +161,13 @@ impl Namespaced {
         key: impl Into<Vec<u8>>,
         options: Option<DeleteOptions>,
     ) -> Result<DeleteResponse> {
-        Ok(self.kv().delete(key, options).await?)
+        let Some(guard) = &self.guard else {
+            return Ok(self.kv().delete(key, options).await?);
+        };
+        match self.guarded_op(guard, TxnOp::delete(key, options)).await? {
+            TxnOpResponse::Delete(r) => Ok(r),
+            _ => Err(Error::MissingResponse),
+        }
     }
 
     /// Deletes every key starting with `prefix` (relative).
@@ -130,8 +178,16 @@ impl Namespaced {
 
     /// Runs a transaction whose compares and operations use relative keys; keys in the
     /// response are relative too.
+    /// Under a guard, the transaction runs nested inside one that checks the guard, and the
+    /// response is the nested transaction's.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        Ok(self.kv().txn(txn).await?)
+        let Some(guard) = &self.guard else {
+            return Ok(self.kv().txn(txn).await?);
+        };
+        match self.guarded_op(guard, TxnOp::txn(txn)).await? {
+            TxnOpResponse::Txn(r) => Ok(r),
+            _ => Err(Error::MissingResponse),
+        }
     }
 
     /// Watches `key` (with `with_prefix` in `options`: every key under it). Event keys are
@@ -154,6 +210,7 @@ impl fmt::Debug for Namespaced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Namespaced")
             .field("prefix", &self.prefix)
+            .field("guarded", &self.guard.is_some())
             .finish_non_exhaustive()
     }
 }

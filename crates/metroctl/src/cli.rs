@@ -266,7 +266,10 @@ metropolis-0123456789abcdef -o yaml\n  metroctl node describe --filter \
     #[command(
         long_about = "Ask the node to wipe its key material and leave the cluster, then wait \
 (showing its progress) until it reports DECOMMISSIONED. The node must be UP and have no roles \
-(remove them with `metroctl node remove-role`). Afterwards remove it with `metroctl node delete`.",
+(remove them with `metroctl node remove-role`). Afterwards remove it with `metroctl node delete`. \
+A node that is down or restarting when asked carries out the decommission when it next starts; \
+one that will never come back is removed with `metroctl node delete <id> \
+--bypass-not-decommissioned`.",
         after_help = "Example:\n  metroctl node decommission metropolis-0123456789abcdef"
     )]
     Decommission {

@@ -104,7 +104,8 @@ async fn escrow(
         ));
     }
     drop(turn);
-    let certificate = pki::ensure_owner_certificate(leader.ns(), &requested).await?;
+    let certificate =
+        pki::ensure_owner_certificate(&leader.leadership.guarded_namespace(), &requested).await?;
     tracing::info!("owner certificate escrowed");
     Ok(vec![Ok(EscrowFromServer {
         fulfilled: vec![refresh_certificate()],

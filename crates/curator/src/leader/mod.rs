@@ -20,6 +20,7 @@ use crate::election::Leadership;
 use crate::health::{Clock, Heartbeats};
 
 pub mod aaa;
+pub mod background;
 pub mod curator;
 pub mod filter;
 pub mod limits;

@@ -35,6 +35,14 @@ impl Leadership {
         Compare::create_revision(self.lock_key.clone(), CompareOp::Equal, self.lock_rev)
     }
 
+    /// The curator keyspace with every write under the guard: for code that writes through
+    /// a plain [`kv::Namespaced`] (the PKI), so a deposed leader cannot issue or revoke
+    /// certificates either. Its writes fail with `kv::Error::GuardFailed` once leadership
+    /// is lost.
+    pub(crate) fn guarded_namespace(&self) -> kv::Namespaced {
+        self.namespace().guarded(self.guard())
+    }
+
     /// Runs `ops` in one transaction under the guard; [`StateError::LostLeadership`] if
     /// another curator has taken over.
     pub(crate) async fn txn(&self, ops: Vec<TxnOp>) -> Result<Guarded, StateError> {

@@ -386,6 +386,28 @@ async fn claim_join_key(
     }
 }
 
+/// Writes node `id`'s tombstone, the first step of its deletion (see [`delete`]): from then
+/// on every curator treats its node ID as revoked. Idempotent.
+pub async fn mark_deleted(l: &Leadership, id: &str) -> Result<(), StateError> {
+    node_key(id)?;
+    l.txn(vec![TxnOp::put(
+        format!("{DELETED_PREFIX}{id}"),
+        Vec::new(),
+        None,
+    )])
+    .await
+    .map(|_| ())
+}
+
+/// Every node ID with a tombstone, under the guard.
+pub async fn tombstones(l: &Leadership) -> Result<Vec<String>, StateError> {
+    let (kvs, _) = l.range(DELETED_PREFIX, true).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|(k, _)| deleted_id(k.as_bytes()))
+        .collect())
+}
+
 /// Deletes a node record and its join-key index entry, and leaves its tombstone, in one
 /// transaction.
 pub async fn delete(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {

@@ -214,14 +214,6 @@ pub(super) async fn commit_node(
     // The caller is unauthenticated: look its node up before taking the nodes lock, so that
     // callers with unknown (or not yet approved) keys cost a read and never hold up the
     // cluster's managers. Checked again under the lock, where the state change happens.
-    let turn = leader.admit_unauthenticated().await?;
-    check_committable(&node::load(l, &id).await?)?;
-    drop(turn);
-    let _nodes = leader.nodes_lock.lock().await;
-    let config = cluster::configuration(l).await?;
-    cluster::validate_storage(&config, security)?;
-    let mut record = node::load(l, &id).await?;
-    check_committable(&record)?;
     if security != NodeStorageSecurity::Insecure
         && req.cluster_unlock_key.len() != CLUSTER_UNLOCK_KEY_LEN
     {
@@ -230,14 +222,32 @@ pub(super) async fn commit_node(
             req.cluster_unlock_key.len()
         )));
     }
+    let turn = leader.admit_unauthenticated().await?;
+    check_committable(&node::load(l, &id).await?, &req.cluster_unlock_key)?;
+    drop(turn);
+    let _nodes = leader.nodes_lock.lock().await;
+    let config = cluster::configuration(l).await?;
+    cluster::validate_storage(&config, security)?;
+    let mut record = node::load(l, &id).await?;
+    let commit = check_committable(&record, &req.cluster_unlock_key)?;
 
     // Issued before the state change is saved: if saving fails the node retries, and the
-    // certificate (stored per key) comes back unchanged.
-    let ca_certificate = pki::ensure_ca(leader.ns()).await?;
-    let node_certificate = pki::ensure_node_certificate(leader.ns(), &node_key).await?;
+    // certificate (stored per key) comes back unchanged. A repeat gets the same one.
+    let (ca_certificate, node_certificate) = pki::leader_node_certificate(l, &node_key).await?;
+    if commit == Commit::Repeat {
+        tracing::info!("node {id} repeated its CommitNode; answering as the first time");
+        return Ok(CommitNodeResponse {
+            ca_certificate,
+            node_certificate,
+        });
+    }
     record.node.cluster_unlock_key = req.cluster_unlock_key;
     node::set_state(l, &mut record, NodeState::Up).await?;
     tracing::info!("node {id} committed (UP)");
+    // A reply lost after the save (the node then repeats its CommitNode).
+    fail::fail_point!("curator::commit_node::after_save", |_| Err(
+        Status::unavailable("failpoint curator::commit_node::after_save")
+    ));
     Ok(CommitNodeResponse {
         ca_certificate,
         node_certificate,
@@ -255,12 +265,28 @@ fn storage_security(value: i32) -> Result<NodeStorageSecurity, Status> {
     }
 }
 
-/// Only STANDBY nodes may commit. UP is refused on purpose (upstream: a node must not redo
-/// registration once it is in the cluster).
-fn check_committable(record: &NodeRecord) -> Result<(), Status> {
+/// What a CommitNode does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// A STANDBY node commits: the record becomes UP.
+    Fresh,
+    /// An UP node that committed with this very cluster unlock key asks again (its first
+    /// reply was lost): it gets the same answer, nothing is written.
+    Repeat,
+}
+
+/// STANDBY nodes commit; an UP node may repeat its commit with the same cluster unlock key
+/// (the node's client retries calls whose reply it never saw, and without the answer it has no
+/// certificate). Anything else is refused, a different key for an UP node included (upstream:
+/// a node must not redo registration once it is in the cluster). The key is compared in
+/// constant time: the caller is unauthenticated, and the key is a secret.
+fn check_committable(record: &NodeRecord, cluster_unlock_key: &[u8]) -> Result<Commit, Status> {
     use NodeState as S;
     match record.state() {
-        S::Standby => Ok(()),
+        S::Standby => Ok(Commit::Fresh),
+        S::Up if bool::from(record.node.cluster_unlock_key.ct_eq(cluster_unlock_key)) => {
+            Ok(Commit::Repeat)
+        }
         S::New => Err(Status::permission_denied(format!(
             "node is not approved yet; wait for approval (metroctl approve {})",
             record.id
@@ -274,8 +300,8 @@ fn check_committable(record: &NodeRecord) -> Result<(), Status> {
     }
 }
 
-/// JoinNode: a node that is UP proves possession of its join key and receives its cluster
-/// unlock key.
+/// JoinNode: a node that is UP (or being decommissioned) proves possession of its join key
+/// and receives its cluster unlock key.
 pub(super) async fn join_node(
     leader: &Leader,
     peer: &PeerInfo,
@@ -295,13 +321,22 @@ pub(super) async fn join_node(
     let record = node::load(l, &id).await?;
     // The index is only a lookup aid; the record is the truth. A stale entry (which
     // upstream's unchecked index writes could leave behind) must not let an old join key in.
-    if record.node.join_key != join_key.as_bytes() {
+    // A node whose deletion has begun (its record outlives the tombstone until the etcd
+    // member is gone) is deleted as far as it is concerned.
+    if record.node.join_key != join_key.as_bytes() || node::is_deleted(l, &id).await? {
         return Err(Status::not_found("no node with this join key"));
     }
     drop(turn);
     let config = cluster::configuration(l).await?;
     check_sealing(&config, &record, req.using_sealed_configuration)?;
-    if record.state() != NodeState::Up {
+    // A node asked to decommission must come back to carry it out: it joins, finds
+    // DECOMMISSION_REQUESTED in its record and wipes itself (a node that crashed while wiping
+    // finishes the same way). Refusing it would leave a node that was down at the request
+    // stuck in DECOMMISSION_REQUESTED for good, with its data intact.
+    if !matches!(
+        record.state(),
+        NodeState::Up | NodeState::DecommissionRequested | NodeState::Decommissioning
+    ) {
         return Err(Status::failed_precondition(format!(
             "node isn't UP (it is {}), cannot join",
             state_name(&record)

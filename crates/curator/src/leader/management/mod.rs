@@ -37,6 +37,8 @@ mod labels;
 mod nodes;
 mod roles;
 
+pub(crate) use nodes::finish_deletion;
+
 /// The Management service.
 #[derive(Debug, Clone)]
 pub struct ManagementService(pub Arc<Leader>);

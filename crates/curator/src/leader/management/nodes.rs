@@ -70,7 +70,9 @@ pub(super) async fn approve_node(
 
 /// Ours (upstream: Unimplemented): UP and role-less → DECOMMISSION_REQUESTED. The node sees
 /// that through Curator.Watch, wipes itself and reports progress with
-/// Curator.ReportDecommission (DECOMMISSIONING, then DECOMMISSIONED).
+/// Curator.ReportDecommission (DECOMMISSIONING, then DECOMMISSIONED). A node that is down
+/// when asked does so when it next starts (JoinNode lets it in for that); one that will
+/// never come back is finished by DeleteNode with the not-decommissioned bypass.
 pub(super) async fn decommission_node(
     leader: &Leader,
     req: DecommissionNodeRequest,
@@ -98,10 +100,13 @@ pub(super) async fn decommission_node(
     Ok(DecommissionNodeResponse {})
 }
 
-/// Removes a node: its record and join-key index entry in one transaction, leaving a
-/// tombstone. Beyond upstream, which leaves a deleted node able to authenticate: its node ID
-/// and certificate are revoked (and the issued copy dropped), so its open streams end with
-/// Unauthenticated, its heartbeats are forgotten and its etcd member removed.
+/// Removes a node. Beyond upstream, which leaves a deleted node able to authenticate: its
+/// node ID and certificate are revoked (and the issued copy dropped), so its open streams end
+/// with Unauthenticated, its heartbeats are forgotten and its etcd member removed.
+///
+/// The steps are ordered so that a call cut at any point (client cancel, deadline, a
+/// leadership change) leaves something a retry or the leader's background reconciler
+/// finishes ([`finish_deletion`]); a node whose deletion has begun is never half-usable.
 pub(super) async fn delete_node(
     leader: &Leader,
     req: DeleteNodeRequest,
@@ -115,46 +120,79 @@ pub(super) async fn delete_node(
     refuse_leader_deletion(leader, &id)?;
     let _guard = leader.nodes_lock.lock().await;
     let record = node::load(&leader.leadership, &id).await?;
-    check_deletable(
-        &record,
-        req.safety_bypass_has_roles.is_some(),
-        req.safety_bypass_not_decommissioned.is_some(),
-    )?;
+    // A deletion that has begun (tombstone written) was checked when it began: a retry, with
+    // or without the bypasses, finishes it.
+    if !node::is_deleted(&leader.leadership, &id).await? {
+        check_deletable(
+            &record,
+            req.safety_bypass_has_roles.is_some(),
+            req.safety_bypass_not_decommissioned.is_some(),
+        )?;
+    }
+    finish_deletion(leader, &record).await?;
+    Ok(DeleteNodeResponse {})
+}
 
-    // Revoke before deleting (upstream revokes nothing): revocation is idempotent, so if the
-    // deletion then fails the caller's retry revokes again (a no-op) and deletes. In the other
-    // order a failed revocation after a successful deletion could not be retried (the retry
-    // finds no node) and the node would keep authenticating.
-    let serial = pki::revoke_node(leader.ns(), &record.public_key()?).await?;
-    node::delete(&leader.leadership, &record).await?;
+/// Deletes `record`'s node, or finishes a deletion that was cut short, in an order where
+/// every prefix is safe and every step is idempotent. The caller holds `nodes_lock`.
+///
+/// 1. The tombstone (under the leadership guard): from here on the node ID is revoked on
+///    every curator, RegisterNode refuses the key, JoinNode refuses the node, and the
+///    reconciler knows the deletion must be finished.
+/// 2. The certificate revoked in the CRL and dropped (PKI writes, under the guard too).
+/// 3. The etcd member removed (by node ID only: the address in the record is what the node
+///    reported about itself, and a node claiming a voter's address must not take that voter
+///    with it). A failure is the caller's error: the record is still there, so a retry (or
+///    the reconciler) finishes the deletion instead of finding nothing to delete while a
+///    dead voter counts against quorum.
+/// 4. The record and its join-key index entry removed.
+pub(crate) async fn finish_deletion(leader: &Leader, record: &NodeRecord) -> Result<(), Status> {
+    let l = &leader.leadership;
+    let id = &record.id;
+    node::mark_deleted(l, id).await?;
+    let serial = pki::revoke_node(l, &record.public_key()?).await?;
     // Refuse the node here from its very next call, and end its open streams; other
     // curators learn it from the tombstone and the CRL within milliseconds, other nodes from
     // the leader (Curator.WatchRevocations).
-    leader.revocations.revoke_node(&id);
+    leader.revocations.revoke_node(id);
     if let Some(serial) = serial {
         leader.revocations.revoke_serial(&serial);
     }
-    leader.heartbeats.forget(&id);
-    tracing::info!(
-        "deleted node {id} (was {}); its certificate is revoked",
-        state_name(&record)
-    );
+    leader.heartbeats.forget(id);
+    fail::fail_point!("curator::delete_node::after_tombstone", |_| Err(
+        Status::cancelled("failpoint curator::delete_node::after_tombstone")
+    ));
 
-    // Also called for nodes without the ConsensusMember role: it removes a learner left
-    // behind by an interrupted UpdateNodeRoles, and is a no-op for non-members. Failures are
-    // only logged: the record is already gone, so failing the call would make the caller
-    // retry into NotFound. A stale member is visible in etcd's member list and can be removed
-    // by hand; a dead learner only blocks new learners, a dead voter counts against quorum.
-    // By node ID only: the address in the record is what the node reported about itself,
-    // and a node claiming a voter's address must not take that voter with it.
-    match leader.consensus.remove_node(&id).await {
+    // Also for nodes without the ConsensusMember role: it removes a learner left behind by
+    // an interrupted UpdateNodeRoles, and is a no-op for non-members.
+    let removal = async {
+        fail::fail_point!("curator::delete_node::remove_member", |_| Err(
+            consensus::Error::Process("failpoint curator::delete_node::remove_member".into())
+        ));
+        leader.consensus.remove_node(id).await
+    };
+    match removal.await {
         Ok(true) => tracing::info!("removed the etcd member of deleted node {id}"),
         Ok(false) => {}
         Err(e) => {
-            tracing::warn!("deleted node {id}, but could not remove its etcd member: {e}")
+            let status = super::roles::consensus_status(id, e);
+            return Err(Status::new(
+                status.code(),
+                format!(
+                    "node {id} is revoked and marked deleted, but its etcd member is not removed \
+                     yet: {}. Retry the deletion; the curator leader also retries it in the \
+                     background",
+                    status.message()
+                ),
+            ));
         }
     }
-    Ok(DeleteNodeResponse {})
+    node::delete(l, record).await?;
+    tracing::info!(
+        "deleted node {id} (was {}); its certificate is revoked",
+        state_name(record)
+    );
+    Ok(())
 }
 
 /// Deleting the node that serves this call is refused (ours; upstream only refuses it

@@ -58,6 +58,11 @@ async fn apply_role_change(
         Some(true) => {
             roles.consensus_member = Some(add_member(leader, &record).await?);
             added_member = true;
+            // The handler cut between the learner and the role (a cancelled call, a deadline,
+            // a leadership change): nothing after this point runs.
+            fail::fail_point!("curator::update_node_roles::after_learner_add", |_| Err(
+                Status::cancelled("failpoint curator::update_node_roles::after_learner_add")
+            ));
         }
         Some(false) => {
             if !own_removal {
@@ -216,7 +221,7 @@ fn no_address(record: &NodeRecord) -> Status {
 }
 
 /// Maps a consensus membership failure.
-fn consensus_status(id: &str, e: consensus::Error) -> Status {
+pub(super) fn consensus_status(id: &str, e: consensus::Error) -> Status {
     match e {
         // Later upstream Monogon says Unavailable, but retrying cannot help: the cluster first
         // needs more healthy voters. FailedPrecondition tells the caller to change something.
