@@ -38,10 +38,13 @@ lint:
 	$(CARGO) deny check --hide-inclusion-graph licenses bans
 
 # End-to-end tests run the real binaries (metropolis-node, metroctl), which nextest does not
-# build for other crates' tests: build them first.
+# build for other crates' tests: build them first. Both steps build with the failpoints of the
+# crash-consistency tests (the node arms them from FAILPOINTS); the same features in both keep
+# nextest from rebuilding the node binary without them. Release builds never have them.
+TEST_FEATURES := --features node/failpoints
 unit:
-	$(CARGO) build --workspace --bins
-	$(CARGO) nextest run --workspace
+	$(CARGO) build --workspace --bins $(TEST_FEATURES)
+	$(CARGO) nextest run --workspace $(TEST_FEATURES)
 
 # A local multi-node cluster on 127.77.0.x; Ctrl-C stops it. Only the production packages are
 # built: bench enables curator's test harness (feature `testing`), and one cargo invocation

@@ -1,6 +1,7 @@
 //! Where a member keeps its files and how it is configured.
 
 use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use identity::SigningKey;
@@ -106,6 +107,33 @@ pub struct JoinCluster {
     pub initial_crl: Vec<u8>,
 }
 
+const CERT_FILE: &str = "cert.pem";
+const KEY_FILE: &str = "cert-key.pem";
+const CA_FILE: &str = "ca.pem";
+
+/// Removes `dir` and everything below it, if it exists.
+fn remove_dir_if_present(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Swaps the directories `a` and `b` in one step (renameat2 RENAME_EXCHANGE). On a file
+/// system without it, `b` is removed and `a` renamed into its place: a crash in between
+/// leaves no PKI directory, which the next start treats as missing and writes again.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            std::fs::remove_dir_all(b)?;
+            std::fs::rename(a, b)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The member's peer TLS files as etcd reads them.
 #[derive(Debug, Clone)]
 pub struct PeerPki {
@@ -116,29 +144,40 @@ pub struct PeerPki {
 impl PeerPki {
     /// The member certificate (PEM).
     pub fn cert(&self) -> PathBuf {
-        self.dir.join("cert.pem")
+        self.dir.join(CERT_FILE)
     }
     /// The member key (PKCS#8 PEM, 0600).
     pub fn key(&self) -> PathBuf {
-        self.dir.join("cert-key.pem")
+        self.dir.join(KEY_FILE)
     }
     /// The peer CA certificate (PEM).
     pub fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
+        self.dir.join(CA_FILE)
     }
     /// The peer CRL (DER).
     pub fn crl(&self) -> &Path {
         &self.crl
     }
 
-    /// Whether none of the PKI files exist: the signal for a PKI bootstrap.
-    pub fn all_absent(&self) -> bool {
-        [self.cert(), self.key(), self.ca()]
+    /// Whether every PKI file is on disk. Anything less (nothing, or what an interrupted
+    /// write left) is the signal to create them (a PKI bootstrap) rather than hand etcd an
+    /// incomplete set.
+    pub fn complete(&self) -> bool {
+        [self.cert(), self.key(), self.ca(), self.crl.clone()]
             .iter()
-            .all(|p| !p.exists())
+            .all(|p| p.exists())
     }
 
-    /// Writes certificate, key, CA and CRL (key 0600, atomically each).
+    /// Where a new set of files is assembled before it replaces the PKI directory.
+    fn staging(&self) -> PathBuf {
+        self.dir.with_file_name("peer_pki.new")
+    }
+
+    /// Writes certificate, key (0600), CA and CRL, all or nothing: the files are assembled in
+    /// a staging directory, the CRL is replaced, then the staging directory takes the place
+    /// of the PKI directory in one rename (an atomic exchange when one is there already). A
+    /// crash at any point leaves either the old set or the new one, never a mix, and a
+    /// leftover staging directory is cleared by the next write.
     pub fn write_all(
         &self,
         cert_der: &[u8],
@@ -146,23 +185,47 @@ impl PeerPki {
         ca_der: &[u8],
         crl_der: &[u8],
     ) -> Result<(), Error> {
-        std::fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
-            what: "creating peer PKI directory",
-            path: self.dir.clone(),
-            source,
-        })?;
-        key.save(&self.key())?;
+        let io = |what: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { what, path, source }
+        };
+        let staging = self.staging();
+        remove_dir_if_present(&staging)
+            .map_err(io("clearing the peer PKI staging directory", &staging))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&staging)
+            .map_err(io("creating the peer PKI staging directory", &staging))?;
+        key.save(&staging.join(KEY_FILE))?;
+        crate::failpoint::crash_point("consensus::peer_pki::after_key");
         identity::files::write_atomic(
-            &self.cert(),
+            &staging.join(CERT_FILE),
             identity::files::certificate_to_pem(cert_der).as_bytes(),
             0o644,
         )?;
         identity::files::write_atomic(
-            &self.ca(),
+            &staging.join(CA_FILE),
             identity::files::certificate_to_pem(ca_der).as_bytes(),
             0o644,
         )?;
         identity::files::write_atomic(&self.crl, crl_der, 0o644)?;
+        crate::failpoint::crash_point("consensus::peer_pki::before_swap");
+        if self.dir.exists() {
+            exchange(&staging, &self.dir)
+                .map_err(io("replacing the peer PKI directory", &self.dir))?;
+            // The staging directory now holds the old files.
+            remove_dir_if_present(&staging)
+                .map_err(io("removing the old peer PKI files", &staging))?;
+        } else {
+            std::fs::rename(&staging, &self.dir)
+                .map_err(io("installing the peer PKI directory", &self.dir))?;
+        }
+        if let Some(parent) = self.dir.parent() {
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing the member directory", parent))?;
+        }
         Ok(())
     }
 

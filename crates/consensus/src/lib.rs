@@ -21,6 +21,7 @@
 
 mod config;
 mod error;
+pub mod failpoint;
 mod membership;
 mod peer_pki;
 mod process;

@@ -138,7 +138,7 @@ impl Service {
                 &jc.ca_certificate,
                 &jc.initial_crl,
             )?;
-        } else if pki.all_absent() {
+        } else if !pki.complete() {
             self.bootstrap(&ctx).await?;
         } else {
             log.info(

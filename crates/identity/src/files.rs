@@ -57,11 +57,22 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
-    // Persist the rename itself; without this a power cut can resurrect the old file (or none).
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
+    // Persist the rename itself; without this a power cut can resurrect the old file (or none),
+    // so a failure here is the caller's to know: the new contents may not survive.
+    sync_dir(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// fsyncs the directory `dir` (persists the entries renamed into it).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    // Armed with the directory's path as argument (`return(<dir>)`) it fails only there, so a
+    // test can break one directory's fsync while other writes in the process go on.
+    #[cfg(feature = "failpoints")]
+    if let Some(arg) = fail::eval("identity::files::sync_dir", |arg| arg)
+        && arg.is_none_or(|d| Path::new(&d) == dir)
+    {
+        return Err(std::io::Error::other("failpoint identity::files::sync_dir"));
     }
-    Ok(())
+    fs::File::open(dir)?.sync_all()
 }
 
 /// Reads a whole file, with the path in the error.
@@ -150,6 +161,32 @@ mod tests {
         let entries = fs::read_dir(dir.path()).map_err(|e| Error::io(dir.path(), e))?;
         assert_eq!(entries.count(), 1);
         Ok(())
+    }
+
+    /// A failed directory fsync means the rename may not survive a power cut: the caller
+    /// must hear of it rather than believe the file is safely on disk.
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn directory_fsync_failure_reaches_the_caller() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("f");
+        let arg = dir.path().display().to_string();
+        fail::cfg("identity::files::sync_dir", &format!("return({arg})")).expect("failpoint");
+        let result = write_atomic(&p, b"one", 0o600);
+        fail::remove("identity::files::sync_dir");
+        match result {
+            Err(Error::Io { path, source }) => {
+                assert_eq!(path, dir.path());
+                assert!(source.to_string().contains("sync_dir"), "{source}");
+            }
+            other => panic!("expected the directory fsync error, got {other:?}"),
+        }
+        // Another directory's fsync is not affected by the targeted failpoint.
+        let other = tempfile::tempdir().expect("tempdir");
+        fail::cfg("identity::files::sync_dir", &format!("return({arg})")).expect("failpoint");
+        let unaffected = write_atomic(&other.path().join("g"), b"two", 0o600);
+        fail::remove("identity::files::sync_dir");
+        assert!(unaffected.is_ok(), "{unaffected:?}");
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct NodeConfig {
     pub leader_ttl: Option<u32>,
     /// More arguments, appended as given.
     pub extra_args: Vec<String>,
+    /// Environment variables set for the node process (on top of ours), e.g. `FAILPOINTS`
+    /// for a node built with failpoints.
+    pub env: Vec<(String, String)>,
     /// Echo every output line to our stderr as `[node<i>] <line>`.
     pub echo: bool,
     /// What to do when the process exits by itself.
@@ -684,6 +687,7 @@ impl Shared {
 
         let mut cmd = Command::new(&config.binary);
         cmd.args(config.args())
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -24,6 +24,8 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 /// Runs the process; returns its exit code.
 pub fn main() -> i32 {
+    // Failpoints (test builds only) are armed before anything runs and stay armed until exit.
+    let _failpoints = crate::failpoint::setup();
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {

@@ -3,9 +3,10 @@
 //!
 //! 1. reports STAGE_STARTED (the cluster moves it to DECOMMISSIONING),
 //! 2. stops all its services (etcd, curator, servers),
-//! 3. wipes its key material: the whole data directory (node key, credentials, roles, etcd)
-//!    and, in the sealed configuration, the NUK and the join key, so neither the node nor
-//!    anyone holding its disk can unlock its data or rejoin as it,
+//! 3. wipes its key material: first, in the sealed configuration, the NUK and the join key, so
+//!    neither the node nor anyone holding its disk can unlock its data or rejoin as it; then
+//!    the whole data directory (node key, credentials, roles, etcd). A node restarted between
+//!    the two finds no join key and deletes the data before it exits (see [`wipe`]),
 //! 4. reports STAGE_DONE (the cluster moves it to DECOMMISSIONED) with the credentials still
 //!    in memory, and exits with code 3.
 //!
@@ -53,6 +54,7 @@ pub async fn run(rs: &Roleserve, supervisor: &Supervisor) -> Exit {
     if let Err(e) = wipe(&rs.env) {
         return Exit::fatal(format!("decommissioning: wiping key material failed: {e}"));
     }
+    crate::failpoint::crash_point("node::decommission::after_wipe");
     tracing::warn!("Decommissioning: key material and data wiped; reporting completion");
     if let Err(s) = report(&m, Stage::Done).await {
         tracing::warn!(
@@ -82,13 +84,13 @@ async fn report(m: &Membership, stage: Stage) -> Result<(), Status> {
         .map(|_| ())
 }
 
-/// Deletes the data directory and removes NUK and join key from the sealed configuration.
+/// Removes NUK and join key from the sealed configuration, then deletes the data directory.
+///
+/// Keys first: once they are gone the data can never be unlocked again and the node can never
+/// rejoin, so a crash half-way leaves a node that knows it was decommissioned (an empty join
+/// key) and finishes the deletion on its next boot ([`finish_wipe`]); the other order would
+/// leave a node holding working keys to data that is half gone.
 pub fn wipe(env: &NodeEnv) -> Result<(), String> {
-    match std::fs::remove_dir_all(&env.layout.data) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", env.layout.data.display())),
-    }
     let esp = &env.layout.esp;
     if let Some(mut sealed) = esp.sealed_configuration().map_err(|e| e.to_string())? {
         sealed.node_unlock_key.clear();
@@ -96,5 +98,16 @@ pub fn wipe(env: &NodeEnv) -> Result<(), String> {
         esp.write_sealed_configuration(&sealed)
             .map_err(|e| e.to_string())?;
     }
-    Ok(())
+    crate::failpoint::crash_point("node::decommission::wipe_midway");
+    finish_wipe(env)
+}
+
+/// Deletes the data directory of a node whose keys are already cleared (the second half of
+/// [`wipe`], also run on every boot of a decommissioned node in case a crash cut the wipe).
+pub fn finish_wipe(env: &NodeEnv) -> Result<(), String> {
+    match std::fs::remove_dir_all(&env.layout.data) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", env.layout.data.display())),
+    }
 }

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod decommission;
 pub mod enrol;
 pub mod exit;
+pub mod failpoint;
 pub mod layout;
 pub mod logs;
 pub mod params;

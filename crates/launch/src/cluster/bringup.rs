@@ -53,6 +53,7 @@ impl Cluster {
                 etcd: launch.options.etcd_binary.clone(),
                 leader_ttl: launch.options.leader_ttl,
                 extra_args: Vec::new(),
+                env: Vec::new(),
                 echo: launch.options.echo_logs,
                 restart: launch.options.restart,
             };

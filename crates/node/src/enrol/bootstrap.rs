@@ -93,6 +93,7 @@ pub async fn run(rs: &Roleserve) -> Result<(), Exit> {
         .esp
         .write_sealed_configuration(&sealed)
         .map_err(fatal("cannot write the sealed configuration"))?;
+    crate::failpoint::crash_point("node::enrol::after_seal");
     let directory = ClusterDirectory {
         nodes: vec![Node {
             public_key: Vec::new(),

@@ -24,6 +24,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use identity::SigningKey;
+use proto::api::NodeParameters;
+use proto::api::node_parameters::Cluster;
+use proto::common::ClusterDirectory;
+use proto::common::cluster_directory::{Node, node::Address};
 use proto::curator_api::JoinNodeRequest;
 use proto::curator_api::curator_client::CuratorClient;
 use proto::private::SealedConfiguration;
@@ -48,9 +52,19 @@ const JOIN_POLICY: RetryPolicy = RetryPolicy::forever(
 const UNCONFIRMED_PAUSE: Duration = Duration::from_secs(5);
 
 /// Joins with the sealed configuration and publishes the membership.
-pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit> {
+pub async fn run(
+    rs: &Roleserve,
+    sealed: SealedConfiguration,
+    params: &NodeParameters,
+) -> Result<(), Exit> {
     let env = &rs.env;
     if sealed.join_key.is_empty() {
+        // A crash may have cut the decommissioning wipe after the keys were cleared.
+        crate::decommission::finish_wipe(env).map_err(|e| {
+            Exit::fatal(format!(
+                "this node was decommissioned, but deleting its data failed: {e}"
+            ))
+        })?;
         return Err(Exit::gone(gone_message(
             env,
             "it was decommissioned: its sealed configuration holds no join key",
@@ -62,12 +76,15 @@ pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit
         .map_err(|e| Exit::fatal(format!("sealed configuration: bad cluster CA: {e}")))?;
     let storage =
         keys::security_from_i32(sealed.storage_security).map_err(fatal("sealed configuration"))?;
-    let directory = env
+    let stored = env
         .layout
         .esp
         .cluster_directory()
-        .map_err(fatal("cannot read the cluster directory"))?
-        .unwrap_or_default();
+        .map_err(fatal("cannot read the cluster directory"))?;
+    let directory = match stored {
+        Some(d) => d,
+        None => enrolment_directory(rs, params)?,
+    };
     let seeds = params::curator_endpoints(&directory);
     if seeds.is_empty() {
         return Err(Exit::fatal(format!(
@@ -104,6 +121,64 @@ pub async fn run(rs: &Roleserve, sealed: SealedConfiguration) -> Result<(), Exit
     rs.set_membership(membership);
     tracing::info!("Joined the cluster.");
     Ok(())
+}
+
+/// The cluster directory enrolment would have written, for a node whose enrolment was cut
+/// after sealing its configuration but before the directory was on disk: register, the
+/// directory of the parameters (still on the ESP); bootstrap, the node itself. It is written
+/// at once: it is also the list of the nodes that may lead ([`crate::roleserve::trust`]).
+fn enrolment_directory(rs: &Roleserve, params: &NodeParameters) -> Result<ClusterDirectory, Exit> {
+    let env = &rs.env;
+    let missing = env.layout.esp.path(crate::storage::esp::CLUSTER_DIRECTORY);
+    tracing::warn!(
+        "the cluster directory {} is missing (enrolment was cut before writing it); restoring \
+         it from the node parameters",
+        missing.display()
+    );
+    match &params.cluster {
+        Some(Cluster::ClusterRegister(r)) => {
+            let directory = r.cluster_directory.clone().unwrap_or_default();
+            env.layout
+                .esp
+                .write_cluster_directory(&directory)
+                .map_err(fatal("cannot write the cluster directory"))?;
+            Ok(directory)
+        }
+        Some(Cluster::ClusterBootstrap(_)) => {
+            // The bootstrap node is the cluster's first consensus member; its etcd peer key
+            // is its node key, and the directory must name it for its own curator to pass
+            // the leader check.
+            let key_path = crate::roleserve::controlplane::peer_key_path(env);
+            let id = SigningKey::load(&key_path)
+                .map(|k| k.public_key().node_id())
+                .map_err(|e| {
+                    Exit::fatal(format!(
+                        "the cluster directory {} is missing and this bootstrap node's etcd \
+                         peer key cannot be read to restore it: {e}",
+                        missing.display()
+                    ))
+                })?;
+            let directory = ClusterDirectory {
+                nodes: vec![Node {
+                    public_key: Vec::new(),
+                    addresses: vec![Address {
+                        host: env.address.to_string(),
+                    }],
+                    id,
+                }],
+            };
+            env.layout
+                .esp
+                .write_cluster_directory(&directory)
+                .map_err(fatal("cannot write the cluster directory"))?;
+            Ok(directory)
+        }
+        None => Err(Exit::fatal(format!(
+            "the cluster directory {} is missing and the node parameters name no cluster to \
+             restore it from",
+            missing.display()
+        ))),
+    }
 }
 
 /// JoinNode until the cluster answers; returns the CUK.

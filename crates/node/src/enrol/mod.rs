@@ -61,7 +61,7 @@ async fn enrol(rs: &Arc<Roleserve>, params: &NodeParameters, ctx: &Context) -> R
         .map_err(|e| Exit::fatal(format!("cannot read the sealed configuration: {e}")))?;
     if let Some(sealed) = sealed {
         start_workers(rs, ctx)?;
-        return join::run(rs, sealed).await;
+        return join::run(rs, sealed, params).await;
     }
     // Without a sealed configuration the node has never finished enrolling. Leftover data
     // means an earlier attempt died half-way: its keys are lost, so starting over on top of

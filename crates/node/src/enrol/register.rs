@@ -108,6 +108,7 @@ pub async fn run(rs: &Roleserve, r: &ClusterRegister) -> Result<(), Exit> {
         .esp
         .write_sealed_configuration(&sealed)
         .map_err(fatal("cannot write the sealed configuration"))?;
+    crate::failpoint::crash_point("node::enrol::after_seal");
     env.layout
         .esp
         .write_cluster_directory(&p.directory)

@@ -71,7 +71,7 @@ fn wanted(rs: &Roleserve) -> bool {
 
 /// Where consensus keeps the member's key: the node key, as upstream (`peer_pki/cert-key.pem`
 /// below the member's directory). Asked from consensus's own layout rather than repeated here.
-fn peer_key_path(env: &NodeEnv) -> PathBuf {
+pub(crate) fn peer_key_path(env: &NodeEnv) -> PathBuf {
     consensus::Config::new(
         env.layout.etcd.clone(),
         env.layout.consensus_ephemeral(),
