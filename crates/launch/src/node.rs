@@ -164,6 +164,10 @@ pub struct NodeConfig {
     pub leader_ttl: Option<u32>,
     /// More arguments, appended as given.
     pub extra_args: Vec<String>,
+    /// A command the node is run through, e.g. `ip netns exec <ns>` to run it as a test host
+    /// in a network namespace of its own; empty: the binary is started directly. The wrapper
+    /// must exec the node in place (keep its process ID), so that signals reach the node.
+    pub wrapper: Vec<String>,
     /// Echo every output line to our stderr as `[node<i>] <line>`.
     pub echo: bool,
     /// What to do when the process exits by itself.
@@ -682,7 +686,14 @@ impl Shared {
             state.log = Some(log);
         }
 
-        let mut cmd = Command::new(&config.binary);
+        let mut cmd = match config.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&config.binary);
+                cmd
+            }
+            None => Command::new(&config.binary),
+        };
         cmd.args(config.args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -707,9 +718,14 @@ impl Shared {
         state.restart_pending = false;
         state.exit = None;
         let banner = format!(
-            "=== launch: boot {boot} of node {} (pid {}): {} {}",
+            "=== launch: boot {boot} of node {} (pid {}): {}{} {}",
             config.index,
             state.pid.map(|p| p.to_string()).unwrap_or_default(),
+            config
+                .wrapper
+                .iter()
+                .map(|w| format!("{w} "))
+                .collect::<String>(),
             config.binary.display(),
             config.args().join(" ")
         );

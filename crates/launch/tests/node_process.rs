@@ -54,6 +54,7 @@ fn node(temp: &Path, script: &Path, restart: RestartPolicy) -> Node {
         etcd: None,
         leader_ttl: Some(2),
         extra_args: Vec::new(),
+        wrapper: Vec::new(),
         echo: false,
         restart,
     })

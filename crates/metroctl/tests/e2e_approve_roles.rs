@@ -54,6 +54,7 @@ async fn approve_roles_and_watch() {
         etcd: cluster.options().etcd_binary.clone(),
         leader_ttl: cluster.options().leader_ttl,
         extra_args: Vec::new(),
+        wrapper: Vec::new(),
         echo: cluster.options().echo_logs,
         restart: RestartPolicy::OnRebootRequest,
     });
