@@ -86,8 +86,14 @@ async fn wait_follower(bed: &Testbed, index: usize, leader: &str, timeout: Durat
             return Ok(());
         }
         if Instant::now() >= deadline {
+            let named = seen
+                .as_ref()
+                .ok()
+                .and_then(|id| bed.cluster.index_of(id))
+                .map_or("an unknown node".to_string(), |i| format!("node {i}"));
             return Err(Error::Check(format!(
-                "node {index} did not follow {leader} within {timeout:?} (it names {seen:?})"
+                "node {index} did not follow {leader} within {timeout:?} (it names {seen:?}, \
+                 {named})"
             )));
         }
         tokio::time::sleep(POLL).await;
@@ -165,11 +171,24 @@ pub async fn leader_partition() -> Result<RunResult> {
 
     bed.net.heal(leader)?;
     let healed = Instant::now();
-    let new_id = bed.cluster.id_of(new_leader)?;
-    wait_follower(&bed, leader, &new_id, HEALTH).await?;
+    // All three agree on one leader again, and it is not the old one.
+    let agreed = bed.wait_leader(&all, HEALTH).await?;
+    if agreed == leader {
+        return Err(Error::Check(format!(
+            "after the heal the old leader (node {leader}) leads again instead of following \
+             node {new_leader}"
+        )));
+    }
+    let agreed_id = bed.cluster.id_of(agreed)?;
+    wait_follower(&bed, leader, &agreed_id, HEALTH).await?;
     bed.wait_healthy(HEALTH).await?;
     notes.push(format!(
-        "healed old leader follows node {new_leader}, all HEALTHY {:.1} s after the heal",
+        "healed old leader follows node {agreed}{}, all HEALTHY {:.1} s after the heal",
+        if agreed == new_leader {
+            ""
+        } else {
+            " (leadership moved again after the heal)"
+        },
         healed.elapsed().as_secs_f64()
     ));
     write_n(&mut ledger, WRITES, "writes after the heal").await?;
