@@ -25,4 +25,11 @@ initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1)
 [ -n "$initdb" ] && [ -x "$initdb" ] || command -v initdb >/dev/null 2>&1 ||
   fail "PostgreSQL's initdb not found (looked in /usr/lib/postgresql/*/bin and PATH)" postgresql
 
-echo "deps probe: protoc + well-known types, etcd, initdb all present"
+# The chaos campaign's test hosts: network namespaces, veths on a bridge, tc, nftables.
+command -v ip >/dev/null 2>&1 || fail "ip not found" iproute2
+ip netns list >/dev/null 2>&1 || fail "ip netns does not work" iproute2
+command -v tc >/dev/null 2>&1 || fail "tc not found" iproute2
+tc -V >/dev/null 2>&1 || fail "tc -V failed" iproute2
+command -v nft >/dev/null 2>&1 || fail "nft not found" nftables
+
+echo "deps probe: protoc + well-known types, etcd, initdb, ip netns, tc, nft all present"

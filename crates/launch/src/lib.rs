@@ -34,7 +34,7 @@ pub mod node;
 pub mod owner;
 mod sys;
 
-pub use cluster::{Cluster, ClusterOptions, ConsensusJoin, Timeouts, find_node_binary};
+pub use cluster::{Cluster, ClusterOptions, ConsensusJoin, NodeHost, Timeouts, find_node_binary};
 pub use error::{Error, Result};
 pub use node::{Exit, Node, NodeConfig, RestartPolicy};
 /// The typed cluster API client launch hands out (leader-following, retried).

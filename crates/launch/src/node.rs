@@ -167,6 +167,10 @@ pub struct NodeConfig {
     /// Environment variables set for the node process (on top of ours), e.g. `FAILPOINTS`
     /// for a node built with failpoints.
     pub env: Vec<(String, String)>,
+    /// A command the node is run through, e.g. `ip netns exec <ns>` to run it as a test host
+    /// in a network namespace of its own; empty: the binary is started directly. The wrapper
+    /// must exec the node in place (keep its process ID), so that signals reach the node.
+    pub wrapper: Vec<String>,
     /// Echo every output line to our stderr as `[node<i>] <line>`.
     pub echo: bool,
     /// What to do when the process exits by itself.
@@ -685,7 +689,14 @@ impl Shared {
             state.log = Some(log);
         }
 
-        let mut cmd = Command::new(&config.binary);
+        let mut cmd = match config.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&config.binary);
+                cmd
+            }
+            None => Command::new(&config.binary),
+        };
         cmd.args(config.args())
             .envs(config.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -711,9 +722,14 @@ impl Shared {
         state.restart_pending = false;
         state.exit = None;
         let banner = format!(
-            "=== launch: boot {boot} of node {} (pid {}): {} {}",
+            "=== launch: boot {boot} of node {} (pid {}): {}{} {}",
             config.index,
             state.pid.map(|p| p.to_string()).unwrap_or_default(),
+            config
+                .wrapper
+                .iter()
+                .map(|w| format!("{w} "))
+                .collect::<String>(),
             config.binary.display(),
             config.args().join(" ")
         );

@@ -55,6 +55,7 @@ fn node(temp: &Path, script: &Path, restart: RestartPolicy) -> Node {
         leader_ttl: Some(2),
         extra_args: Vec::new(),
         env: Vec::new(),
+        wrapper: Vec::new(),
         echo: false,
         restart,
     })

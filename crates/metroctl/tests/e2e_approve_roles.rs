@@ -55,6 +55,7 @@ async fn approve_roles_and_watch() {
         leader_ttl: cluster.options().leader_ttl,
         extra_args: Vec::new(),
         env: Vec::new(),
+        wrapper: Vec::new(),
         echo: cluster.options().echo_logs,
         restart: RestartPolicy::OnRebootRequest,
     });

@@ -45,6 +45,7 @@ pub fn config(
         leader_ttl: Some(LEADER_TTL),
         extra_args: Vec::new(),
         env: Vec::new(),
+        wrapper: Vec::new(),
         echo: std::env::var("LAUNCH_ECHO_LOGS").is_ok_and(|v| !v.is_empty() && v != "0"),
         restart: RestartPolicy::Never,
     }

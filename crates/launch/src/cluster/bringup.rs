@@ -31,10 +31,14 @@ impl Cluster {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .map_or_else(|| "unknown".to_string(), |d| format!("{}s", d.as_secs()));
+        let place = if launch.options.hosts.is_empty() {
+            format!("{}.0/24", launch.options.block)
+        } else {
+            "test hosts".to_string()
+        };
         tracing::info!(
-            "launching {} nodes on {}.0/24 with {} (built {age} ago), state in {}",
+            "launching {} nodes on {place} with {} (built {age} ago), state in {}",
             launch.options.nodes,
-            launch.options.block,
             binary.display(),
             launch.state_dir.display()
         );
@@ -54,6 +58,7 @@ impl Cluster {
                 leader_ttl: launch.options.leader_ttl,
                 extra_args: Vec::new(),
                 env: Vec::new(),
+                wrapper: launch.options.wrapper(index),
                 echo: launch.options.echo_logs,
                 restart: launch.options.restart,
             };

@@ -47,7 +47,7 @@ mod wait;
 
 pub use describe::describe_nodes;
 use options::env_flag;
-pub use options::{ClusterOptions, Timeouts};
+pub use options::{ClusterOptions, NodeHost, Timeouts};
 pub use paths::{
     CA_FILE, OWNER_CERT_FILE, OWNER_KEY_FILE, OWNER_PKCS8_KEY_FILE, PARAMETERS_FILE,
     find_node_binary,

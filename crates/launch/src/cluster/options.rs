@@ -69,6 +69,19 @@ pub struct ClusterOptions {
     pub restart: RestartPolicy,
     /// Timeouts of each phase.
     pub timeouts: Timeouts,
+    /// Test hosts: node `i` runs on `hosts[i]` (its address, and the command it is run
+    /// through, e.g. `ip netns exec <ns>`) instead of on `block`. Empty: every node on `block`.
+    pub hosts: Vec<NodeHost>,
+}
+
+/// Where one node runs when it is not on a loopback block: a host of its own, typically a
+/// network namespace reachable from the launcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeHost {
+    /// The node's address on that host.
+    pub address: Ipv4Addr,
+    /// The command prefix that runs a program on that host ([`NodeConfig::wrapper`]).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -86,6 +99,7 @@ impl Default for ClusterOptions {
             echo_logs: env_flag("LAUNCH_ECHO_LOGS"),
             restart: RestartPolicy::default(),
             timeouts: Timeouts::default(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -102,6 +116,13 @@ impl ClusterOptions {
 
     /// The address of node `index`.
     pub fn address(&self, index: usize) -> Result<Ipv4Addr> {
+        if !self.hosts.is_empty() {
+            return self
+                .hosts
+                .get(index)
+                .map(|h| h.address)
+                .ok_or_else(|| Error::Invalid(format!("node index {index} has no host")));
+        }
         let [a, b, c] = parse_block(&self.block)?;
         let last = u8::try_from(index + 1)
             .ok()
@@ -112,8 +133,24 @@ impl ClusterOptions {
         Ok(Ipv4Addr::new(a, b, c, last))
     }
 
+    /// The command node `index` is run through (empty: none).
+    pub fn wrapper(&self, index: usize) -> Vec<String> {
+        self.hosts
+            .get(index)
+            .map(|h| h.wrapper.clone())
+            .unwrap_or_default()
+    }
+
     pub(super) fn validate(&self) -> Result<()> {
-        parse_block(&self.block)?;
+        if self.hosts.is_empty() {
+            parse_block(&self.block)?;
+        } else if self.hosts.len() < self.nodes {
+            return Err(Error::Invalid(format!(
+                "{} nodes need as many hosts, not {}",
+                self.nodes,
+                self.hosts.len()
+            )));
+        }
         if self.nodes == 0 || self.nodes > MAX_NODES {
             return Err(Error::Invalid(format!(
                 "a cluster has 1 to {MAX_NODES} nodes, not {}",
