@@ -8,46 +8,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{START_TIMEOUT, bootstrap_params, cluster_ca, write_params};
+use common::{
+    START_TIMEOUT, bootstrap_params, cluster_ca, logged_public_key, register_params, write_params,
+};
 use identity::{SigningKey, templates};
 use prost::Message;
 use proto::api::management_client::ManagementClient;
-use proto::api::node_parameters::{Cluster, ClusterRegister};
 use proto::api::{
     ApproveNodeRequest, DecommissionNodeRequest, DeleteNodeRequest, GetClusterInfoRequest,
-    GetNodesRequest, GetRegisterTicketRequest, NodeParameters, decommission_node_request,
-    delete_node_request,
+    GetNodesRequest, GetRegisterTicketRequest, decommission_node_request, delete_node_request,
 };
 use proto::common::cluster_configuration::StorageSecurityPolicy;
 use proto::common::{ClusterDirectory, NodeState};
 use test_support::node::{self, Exit, Node, TestNode};
 use test_support::{LoopbackBlock, eventually};
 use tonic::transport::Channel;
-
-fn register_params(directory: ClusterDirectory, ticket: Vec<u8>, ca: Vec<u8>) -> NodeParameters {
-    NodeParameters {
-        cluster: Some(Cluster::ClusterRegister(ClusterRegister {
-            cluster_directory: Some(directory),
-            register_ticket: ticket,
-            ca_certificate: ca,
-            labels: None,
-        })),
-        network_config: None,
-    }
-}
-
-/// The public key a registering node logs while it waits for approval.
-async fn logged_public_key(node: &Node) -> Vec<u8> {
-    let line = node
-        .expect_line("waiting for approval", START_TIMEOUT)
-        .await;
-    let hex_key = line
-        .rsplit("node public key ")
-        .next()
-        .map(|s| s.trim_end_matches(')').trim())
-        .expect("public key in line");
-    hex::decode(hex_key).expect("hex public key")
-}
 
 async fn get_node(mgmt: &mut ManagementClient<Channel>, id: &str) -> Option<proto::api::Node> {
     let mut stream = mgmt

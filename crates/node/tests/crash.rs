@@ -16,14 +16,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use ::node::failpoint::CRASH_EXIT_CODE;
-use common::{START_TIMEOUT, bootstrap_params, cluster_ca, write_params};
+use common::{START_TIMEOUT, bootstrap_params, cluster_ca, register_params, write_params};
 use identity::SigningKey;
 use prost::Message;
 use proto::api::management_client::ManagementClient;
-use proto::api::node_parameters::{Cluster, ClusterRegister};
 use proto::api::{
     ApproveNodeRequest, DecommissionNodeRequest, GetClusterInfoRequest, GetRegisterTicketRequest,
-    NodeParameters, decommission_node_request,
+    decommission_node_request,
 };
 use proto::common::ClusterDirectory;
 use proto::common::cluster_configuration::StorageSecurityPolicy;
@@ -122,18 +121,6 @@ async fn bootstrap_crash_between_seal_and_directory_boots() {
     assert_eq!(n.expect_stop(Duration::from_secs(30)).await, Exit::Code(0));
     n.start().expect("start again");
     n.expect_line("Joined the cluster.", START_TIMEOUT).await;
-}
-
-fn register_params(directory: ClusterDirectory, ticket: Vec<u8>, ca: Vec<u8>) -> NodeParameters {
-    NodeParameters {
-        cluster: Some(Cluster::ClusterRegister(ClusterRegister {
-            cluster_directory: Some(directory),
-            register_ticket: ticket,
-            ca_certificate: ca,
-            labels: None,
-        })),
-        network_config: None,
-    }
 }
 
 /// Approves the registering node `n` once it waits for approval.

@@ -9,51 +9,27 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{START_TIMEOUT, bootstrap_params, cluster_ca, write_params};
+use common::{
+    START_TIMEOUT, bootstrap_params, cluster_ca, logged_public_key, register_params, write_params,
+};
 use identity::SigningKey;
 use prost::Message;
 use proto::api::get_logs_request::{BacklogMode, StreamMode};
 use proto::api::management_client::ManagementClient;
 use proto::api::node_management_client::NodeManagementClient;
-use proto::api::node_parameters::{Cluster, ClusterRegister};
 use proto::api::{
     ApproveNodeRequest, DeleteNodeRequest, GetClusterInfoRequest, GetLogsRequest,
-    GetRegisterTicketRequest, NodeParameters, delete_node_request,
+    GetRegisterTicketRequest, delete_node_request,
 };
+use proto::common::NodeStorageSecurity;
 use proto::common::cluster_configuration::StorageSecurityPolicy;
-use proto::common::{ClusterDirectory, NodeStorageSecurity};
 use proto::curator_api::curator_client::CuratorClient;
 use proto::curator_api::{CommitNodeRequest, RegisterNodeRequest};
 use rpc::ClientCredentials;
 use test_support::LoopbackBlock;
-use test_support::node::{self, Node, TestNode};
+use test_support::node::{self, TestNode};
 use tonic::Code;
 use tonic::transport::Channel;
-
-fn register_params(directory: ClusterDirectory, ticket: Vec<u8>, ca: Vec<u8>) -> NodeParameters {
-    NodeParameters {
-        cluster: Some(Cluster::ClusterRegister(ClusterRegister {
-            cluster_directory: Some(directory),
-            register_ticket: ticket,
-            ca_certificate: ca,
-            labels: None,
-        })),
-        network_config: None,
-    }
-}
-
-/// The public key a registering node logs while it waits for approval.
-async fn logged_public_key(node: &Node) -> Vec<u8> {
-    let line = node
-        .expect_line("waiting for approval", START_TIMEOUT)
-        .await;
-    let hex_key = line
-        .rsplit("node public key ")
-        .next()
-        .map(|s| s.trim_end_matches(')').trim())
-        .expect("public key in line");
-    hex::decode(hex_key).expect("hex public key")
-}
 
 /// Registers `key` the way a node does and returns its node certificate.
 async fn enrol_as_node(

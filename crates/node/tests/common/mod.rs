@@ -13,11 +13,13 @@ use proto::api::EscrowFromClient;
 use proto::api::NodeParameters;
 use proto::api::aaa_client::AaaClient;
 use proto::api::escrow_from_client::Parameters;
-use proto::api::node_parameters::{Cluster, ClusterBootstrap};
+use proto::api::node_parameters::{Cluster, ClusterBootstrap, ClusterRegister};
 use proto::common::ClusterConfiguration;
+use proto::common::ClusterDirectory;
 use proto::common::cluster_configuration::{StorageSecurityPolicy, TpmMode};
 use rpc::{ClientCredentials, ServerVerification};
 use test_support::eventually;
+use test_support::node::{Node, TestNode};
 use tonic::transport::Channel;
 
 /// Long enough for etcd + curator start on a loaded 2-core machine.
@@ -117,4 +119,34 @@ pub fn owner_channel(
         ca,
         id,
     )
+}
+
+/// Parameters that register a node with the cluster of `directory`.
+pub fn register_params(
+    directory: ClusterDirectory,
+    ticket: Vec<u8>,
+    ca: Vec<u8>,
+) -> NodeParameters {
+    NodeParameters {
+        cluster: Some(Cluster::ClusterRegister(ClusterRegister {
+            cluster_directory: Some(directory),
+            register_ticket: ticket,
+            ca_certificate: ca,
+            labels: None,
+        })),
+        network_config: None,
+    }
+}
+
+/// The public key a registering node logs while it waits for approval.
+pub async fn logged_public_key(node: &Node) -> Vec<u8> {
+    let line = node
+        .expect_line("waiting for approval", START_TIMEOUT)
+        .await;
+    let hex_key = line
+        .rsplit("node public key ")
+        .next()
+        .map(|s| s.trim_end_matches(')').trim())
+        .expect("public key in line");
+    hex::decode(hex_key).expect("hex public key")
 }
