@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use identity::NodeCredentials;
+use rpc::serve::Limits;
 use rpc::{RevocationSet, ServerSecurity};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,11 +20,25 @@ use crate::health::Clock;
 use crate::leader::{self, Leader};
 use crate::state::node;
 
-/// How long a torn-down server may take to finish after its connections were severed.
 /// What a follower serves, as its reflection lists it.
 const FOLLOWER_SERVICES: &[&str] = &[proto::curator_api::curator_local_server::SERVICE_NAME];
 
+/// How long a torn-down server may take to finish after its connections were severed.
 const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Connections the curator port accepts at once: every node of the cluster holds one to the
+/// leader (its heartbeat and watches share it), so this is the cluster size one leader serves,
+/// four times the generic listener's cap. The cost is a descriptor (the node raises its
+/// open-file limit for it) and some tens of KiB per connection.
+pub const MAX_CONNECTIONS: usize = 4 * rpc::serve::MAX_CONNECTIONS;
+
+/// The curator port's connection limits: [`MAX_CONNECTIONS`], the generic per-address cap.
+pub fn connection_limits() -> Limits {
+    Limits {
+        max_connections: MAX_CONNECTIONS,
+        ..Limits::default()
+    }
+}
 
 /// What the listener needs.
 #[derive(Clone)]
@@ -36,6 +51,8 @@ pub struct ListenerConfig {
     pub revocations: RevocationSet,
     /// The leader's clock (heartbeat health).
     pub clock: Arc<dyn Clock>,
+    /// Connection limits of the port.
+    pub limits: Limits,
 }
 
 /// Serves on `listener` until `cancel`, following `election`.
@@ -56,7 +73,12 @@ pub async fn serve(
     loop {
         let status = election.borrow_and_update().clone();
         let sever = CancellationToken::new();
-        let incoming = rpc::serve::tls_incoming_until(listener.clone(), tls.clone(), sever.clone());
+        let incoming = rpc::serve::tls_incoming_with(
+            listener.clone(),
+            tls.clone(),
+            config.limits.clone(),
+            sever.clone(),
+        );
         let shutdown = sever.clone().cancelled_owned();
         let server = match &status {
             ElectionStatus::Leader(leadership) => {

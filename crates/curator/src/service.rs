@@ -29,6 +29,8 @@ pub struct Config {
     pub revocations: RevocationSet,
     /// Clock for heartbeat health.
     pub clock: Arc<dyn Clock>,
+    /// Connection limits of the curator port ([`listener::connection_limits`] by default).
+    pub connection_limits: rpc::serve::Limits,
 }
 
 impl Config {
@@ -45,6 +47,7 @@ impl Config {
             leader_ttl: election::DEFAULT_LEADER_TTL,
             revocations: RevocationSet::new(),
             clock: Arc::new(SystemClock),
+            connection_limits: listener::connection_limits(),
         }
     }
 }
@@ -147,6 +150,7 @@ impl Curator {
             consensus: self.config.consensus.clone(),
             revocations: self.config.revocations.clone(),
             clock: self.config.clock.clone(),
+            limits: self.config.connection_limits.clone(),
         };
         listener::serve(
             listener_config,

@@ -157,7 +157,12 @@ impl TestLeader {
         let router = leader::router(&leader, security);
         let stop = cancel.clone();
         tokio::spawn(router.serve_with_incoming_shutdown(
-            rpc::serve::tls_incoming(listener, tls),
+            rpc::serve::tls_incoming_with(
+                listener,
+                tls,
+                crate::listener::connection_limits(),
+                cancel.clone(),
+            ),
             stop.cancelled_owned(),
         ));
 

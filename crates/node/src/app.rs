@@ -107,8 +107,10 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
         layout.root.display(),
         args.address
     );
-    // The curator and NodeManagement listeners.
-    rpc::serve::raise_open_file_limit(2);
+    // The curator and NodeManagement listeners at their connection caps.
+    rpc::serve::raise_open_file_limit(
+        curator::listener::MAX_CONNECTIONS + rpc::serve::MAX_CONNECTIONS,
+    );
     if layout.ephemeral_relocated {
         tracing::info!(
             "the state directory path is too long for unix sockets; runtime files (etcd socket) \

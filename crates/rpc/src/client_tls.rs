@@ -7,6 +7,7 @@
 //! upstream, a client holding the cluster CRL ([`ClusterCrl`]) also refuses a certificate it
 //! revokes: a deleted node's certificate no longer makes a curator.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use identity::SigningKey;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -225,6 +226,27 @@ pub async fn connect(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Ch
         })
 }
 
+/// Like [`connect`], but the connection leaves from `source` (a local address of this host):
+/// for load generators simulating many hosts from one, since servers cap connections per
+/// source address.
+pub async fn connect_from(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+    source: IpAddr,
+) -> Result<Channel, Error> {
+    endpoint(addr)?
+        .connect_with_connector(severable_connector(
+            config,
+            CancellationToken::new(),
+            Some(source),
+        ))
+        .await
+        .map_err(|source| Error::Connect {
+            endpoint: addr.to_string(),
+            source,
+        })
+}
+
 /// Like [`connect`], but every connection of the channel (the first and any reconnection)
 /// fails as soon as `sever` is cancelled: for dropping a server whose word is no longer taken
 /// (the leader channel severs a leader whose certificate was revoked), whatever calls and
@@ -235,7 +257,7 @@ pub async fn connect_severable(
     sever: CancellationToken,
 ) -> Result<Channel, Error> {
     endpoint(addr)?
-        .connect_with_connector(severable_connector(config, sever))
+        .connect_with_connector(severable_connector(config, sever, None))
         .await
         .map_err(|source| Error::Connect {
             endpoint: addr.to_string(),
@@ -259,13 +281,15 @@ pub fn connector(
 > + Clone
 + Send
 + 'static {
-    severable_connector(config, CancellationToken::new())
+    severable_connector(config, CancellationToken::new(), None)
 }
 
-/// [`connector`] whose connections fail once `sever` is cancelled.
+/// [`connector`] whose connections fail once `sever` is cancelled and leave from `source`
+/// when one is given.
 fn severable_connector(
     config: Arc<rustls::ClientConfig>,
     sever: CancellationToken,
+    source: Option<IpAddr>,
 ) -> impl tower_service::Service<
     Uri,
     Response = TokioIo<Severable<tokio_rustls::client::TlsStream<TcpStream>>>,
@@ -287,7 +311,10 @@ fn severable_connector(
                 .trim_end_matches(']')
                 .to_string();
             let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let tcp = match source {
+                None => TcpStream::connect((host.as_str(), port)).await?,
+                Some(source) => connect_tcp_from(&host, port, source).await?,
+            };
             tcp.set_nodelay(true)?;
             // The name only feeds SNI: our verifier identifies servers by their node certificate.
             let name = ServerName::try_from(host).map_err(|_| bad("invalid host"))?;
@@ -301,4 +328,21 @@ fn severable_connector(
             )))
         }
     })
+}
+
+/// A TCP connection to `host:port` (an IP address) from `source`.
+async fn connect_tcp_from(host: &str, port: u16, source: IpAddr) -> std::io::Result<TcpStream> {
+    let ip: IpAddr = host.parse().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{host}: a source address needs an IP address to connect to"),
+        )
+    })?;
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(SocketAddr::new(ip, port)).await
 }

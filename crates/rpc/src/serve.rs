@@ -265,20 +265,21 @@ pub fn server_builder(security: ServerSecurity) -> Server<Layers> {
 }
 
 /// Raises the process' open-file limit to its hard limit (servers call this as they start)
-/// and warns when the result is below what `listeners` listeners at [`MAX_CONNECTIONS`] each
-/// need: past it, accepting fails (EMFILE) before the caps are reached, which the accept loop
-/// survives but which also starves everything else of descriptors.
-pub fn raise_open_file_limit(listeners: usize) {
+/// and warns when the result is below what its listeners need at their connection caps
+/// (`connections`, the sum of their [`Limits::max_connections`]): past it, accepting fails
+/// (EMFILE) before the caps are reached, which the accept loop survives but which also starves
+/// everything else of descriptors.
+pub fn raise_open_file_limit(connections: usize) {
     // Descriptors beyond the connections: sockets to etcd or the database, files, children.
     const RESERVE: u64 = 1024;
-    let needed = u64::try_from(listeners * MAX_CONNECTIONS).unwrap_or(u64::MAX) + RESERVE;
+    let needed = u64::try_from(connections).unwrap_or(u64::MAX) + RESERVE;
     match sys::raise_open_file_limit() {
         Ok(limit) => {
             let show = |l: Option<u64>| l.map_or("unlimited".to_string(), |n| n.to_string());
             if limit.after.is_some_and(|n| n < needed) {
                 tracing::warn!(
-                    "open-file limit is {} (hard limit), below the {needed} that {listeners} \
-                     listener(s) at their connection cap need",
+                    "open-file limit is {} (hard limit), below the {needed} that the listeners \
+                     at their connection caps ({connections}) need",
                     show(limit.after)
                 );
             } else if limit.before != limit.after {

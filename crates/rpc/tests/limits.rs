@@ -307,6 +307,35 @@ async fn listener_cap_refuses_and_frees() {
     .await;
 }
 
+/// `connect_from` leaves from the address it is given: the per-address cap counts it there,
+/// and another source address still gets in (how load generators stand in for many hosts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_from_uses_its_source_address() {
+    let pki = Pki::new();
+    let addr = serve_with(
+        &pki,
+        Limits {
+            max_connections_per_ip: 1,
+            ..small_limits()
+        },
+    )
+    .await;
+    let target = addr.to_string();
+    let first: IpAddr = "127.0.2.1".parse().expect("address");
+    let _held = rpc::client_tls::connect_from(&target, pki.anonymous(), first)
+        .await
+        .expect("the first connection from an address is accepted");
+    // The server closes the second one from the same address during the handshake.
+    assert!(
+        tls_connect(first, addr, pki.anonymous()).await.is_err(),
+        "the connect_from connection must count against 127.0.2.1"
+    );
+    let second: IpAddr = "127.0.2.2".parse().expect("address");
+    rpc::client_tls::connect_from(&target, pki.anonymous(), second)
+        .await
+        .expect("another source address is accepted");
+}
+
 /// Connections without calls are closed after the idle timeout, whether they never made a
 /// call or their last call ended; a connection with an open stream is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,16 +376,21 @@ async fn idle_connections_are_closed_but_streams_keep_theirs() {
         .await
         .expect("connect");
     let mut caller = h2_connect(tls).await;
+    // The server's idle clock starts when it has sent the response, which is before this
+    // side has read it: the bound this side can check is the call's start.
+    let call_started = Instant::now();
     assert_eq!(
         caller.unary(UPDATE_NODE_STATUS, &status_request()).await,
         "0"
     );
-    let call_ended = Instant::now();
     tokio::time::timeout(Duration::from_secs(10), &mut caller.closed)
         .await
         .expect("a connection whose call ended is closed once idle")
         .expect("connection task");
-    assert!(call_ended.elapsed() >= idle, "not before the idle timeout");
+    assert!(
+        call_started.elapsed() >= idle,
+        "not before the idle timeout"
+    );
 
     // An open stream keeps its connection for many idle timeouts, until it ends.
     let tls = tls_connect(local, addr, pki.anonymous())

@@ -2,7 +2,8 @@
 //! <job.json>`) so that the benchmark process holding the leader measures the leader alone.
 //!
 //! It opens one TLS connection and one Heartbeat stream per simulated node (each with its
-//! own node certificate), sends one heartbeat on each so every stream is known to work, then
+//! own node certificate; the connections leave from several loopback addresses, since the
+//! leader caps connections per source address as it would per host), sends one heartbeat on each so every stream is known to work, then
 //! runs the measured window: node i beats every `interval`, phase-shifted by i/K of it so the
 //! load is even, and records the round trip of each beat.
 //!
@@ -10,6 +11,7 @@
 //! (every node done), `RESULT <json>`. Everything else goes to stderr.
 
 use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -27,6 +29,15 @@ use tokio::time::Instant;
 const CONNECT_CONCURRENCY: usize = 32;
 /// How long opening one node's stream and its first beat may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Simulated nodes per source address: half the leader's per-address cap.
+const NODES_PER_SOURCE: usize = rpc::serve::MAX_CONNECTIONS_PER_IP / 2;
+
+/// The loopback address node `index` connects from when the leader is on loopback:
+/// `127.250.0.1`, `127.250.0.2`, … (away from the test clusters' `127.100-163` blocks).
+fn source_address(index: usize) -> Option<IpAddr> {
+    let n = u8::try_from(index / NODES_PER_SOURCE + 1).ok()?;
+    Some(IpAddr::V4(Ipv4Addr::new(127, 250, 0, n)))
+}
 
 /// What the parent hands over.
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,8 +81,15 @@ pub async fn main(job_path: &str) -> Result<()> {
     let job: Job = serde_json::from_slice(&std::fs::read(job_path).context("reading the job")?)?;
     let ca = hex::decode(&job.ca)?;
     let started = Instant::now();
-    let streams: Vec<Stream> = futures::stream::iter(job.nodes.iter())
-        .map(|(seed, cert)| open(&job, &ca, seed, cert))
+    let on_loopback = job
+        .addr
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    let streams: Vec<Stream> = futures::stream::iter(job.nodes.iter().enumerate())
+        .map(|(i, (seed, cert))| {
+            let source = if on_loopback { source_address(i) } else { None };
+            open(&job, &ca, seed, cert, source)
+        })
         .buffered(CONNECT_CONCURRENCY)
         .collect::<Vec<_>>()
         .await
@@ -117,8 +135,15 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// Connects as one node, opens its stream and checks it with one beat.
-async fn open(job: &Job, ca: &[u8], seed: &str, cert: &str) -> Result<Stream> {
+/// Connects as one node (from `source`, if given), opens its stream and checks it with one
+/// beat.
+async fn open(
+    job: &Job,
+    ca: &[u8],
+    seed: &str,
+    cert: &str,
+    source: Option<IpAddr>,
+) -> Result<Stream> {
     let key = SigningKey::from_seed_slice(&hex::decode(seed)?)?;
     let creds = ClientCredentials::Authenticated {
         certificate: hex::decode(cert)?,
@@ -131,7 +156,10 @@ async fn open(job: &Job, ca: &[u8], seed: &str, cert: &str) -> Result<Stream> {
     };
     let config = rpc::client_tls::client_config(&creds, verification)?;
     tokio::time::timeout(SETUP_TIMEOUT, async {
-        let channel = rpc::client_tls::connect(&job.addr, config).await?;
+        let channel = match source {
+            Some(source) => rpc::client_tls::connect_from(&job.addr, config, source).await?,
+            None => rpc::client_tls::connect(&job.addr, config).await?,
+        };
         let (mut tx, rx) = mpsc::channel(1);
         tx.send(HeartbeatUpdateRequest {}).await?;
         let mut replies = CuratorClient::new(channel)

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging();
     let flags = ServerFlags::parse();
     // The internal and public gRPC listeners.
-    rpc::serve::raise_open_file_limit(2);
+    rpc::serve::raise_open_file_limit(2 * rpc::serve::MAX_CONNECTIONS);
     let tls = flags
         .component
         .tls(COMPONENT_NAME)
