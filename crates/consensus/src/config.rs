@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use identity::SigningKey;
 
@@ -35,7 +36,25 @@ pub struct Config {
     pub join_cluster: Option<JoinCluster>,
     /// The etcd binary; `etcd` from PATH by default.
     pub etcd_binary: PathBuf,
+    /// etcd's backend quota in bytes (`--quota-backend-bytes`); `None` keeps etcd's default
+    /// (2 GiB). Past it etcd raises its NOSPACE alarm and refuses writes, see
+    /// [`crate::Service`]'s space keeper.
+    pub quota_backend_bytes: Option<u64>,
+    /// Revisions of history etcd keeps: it compacts older ones by itself
+    /// (`--auto-compaction-mode=revision`, checked every five minutes). Without compaction
+    /// every overwrite stays in the database and it grows until it hits the quota.
+    pub history_revisions: u64,
+    /// How often the space keeper looks for a NOSPACE alarm on this member.
+    pub space_check_interval: Duration,
 }
+
+/// Revisions of history kept by default: far more than a watcher of the curator lags behind
+/// (it re-reads on a compacted watch anyway), few enough that a busy cluster's database stays
+/// small.
+pub const DEFAULT_HISTORY_REVISIONS: u64 = 10_000;
+
+/// etcd's own backend quota when none is given (`--quota-backend-bytes` 0): 2 GiB.
+pub const ETCD_DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
 
 impl Config {
     /// A configuration with the standard peer port and the etcd binary from PATH.
@@ -53,7 +72,17 @@ impl Config {
             peer_port: 7834,
             join_cluster: None,
             etcd_binary: PathBuf::from("etcd"),
+            quota_backend_bytes: None,
+            history_revisions: DEFAULT_HISTORY_REVISIONS,
+            space_check_interval: Duration::from_secs(5),
         }
+    }
+
+    /// The backend quota etcd enforces: the configured one or etcd's default.
+    pub fn effective_quota(&self) -> u64 {
+        self.quota_backend_bytes
+            .filter(|q| *q > 0)
+            .unwrap_or(ETCD_DEFAULT_QUOTA)
     }
 
     /// The member name: the node ID.

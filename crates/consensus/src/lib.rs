@@ -13,9 +13,13 @@
 //!   bootstrap use), [`Status::remove_node`] removes a member unless that breaks quorum. Both
 //!   find a node's member by node ID only (its name, or the member ID recorded when it was
 //!   added), never by a peer URL built from an address the node reports.
-//! * Two helpers run next to the member: the autopromoter (every 5 s, on the etcd leader only,
+//! * Helpers run next to the member: the autopromoter (every 5 s, on the etcd leader only,
 //!   promotes learners) and the self-updater (sets the member's peer URL once, because the
 //!   bootstrap member first registered a plain-HTTP one).
+//! * etcd compacts its history by itself (revision mode, [`Config::history_revisions`]), and a
+//!   third helper, the space keeper, clears a NOSPACE alarm on this member (compaction,
+//!   defragmentation, disarm) once the database fits its quota again
+//!   ([`Config::quota_backend_bytes`]).
 
 #![forbid(unsafe_code)]
 
@@ -26,11 +30,13 @@ mod membership;
 mod peer_pki;
 mod process;
 mod service;
+mod space;
 
-pub use config::{Config, JoinCluster, PeerPki};
+pub use config::{Config, DEFAULT_HISTORY_REVISIONS, ETCD_DEFAULT_QUOTA, JoinCluster, PeerPki};
 pub use error::Error;
 pub use membership::{ExistingNode, MEMBERS_KEYSPACE};
 pub use service::{Service, Status, StatusWatch};
+pub use space::SpaceCheck;
 
 /// Initial cluster token of every Metropolis etcd cluster (upstream's value).
 pub const CLUSTER_TOKEN: &str = "METROPOLIS";

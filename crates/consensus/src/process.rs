@@ -141,7 +141,15 @@ fn args(config: &Config, mode: &Mode) -> Vec<String> {
         "info".into(),
         // Metrics and the v2 API are off: nothing here scrapes them and v2 has no auth.
         "--enable-v2=false".into(),
+        // History is compacted by etcd itself; without it every overwrite stays forever.
+        "--auto-compaction-mode".into(),
+        "revision".into(),
+        "--auto-compaction-retention".into(),
+        config.history_revisions.to_string(),
     ];
+    if let Some(quota) = config.quota_backend_bytes {
+        a.extend(["--quota-backend-bytes".into(), quota.to_string()]);
+    }
     match mode {
         Mode::Bootstrap => {
             let host = match config.address {

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::membership::{self, AUTOPROMOTE_INTERVAL};
 use crate::peer_pki;
 use crate::process::{EtcdProcess, Mode};
+use crate::space;
 
 /// How often we check whether the (freshly joined) member is still a learner (upstream: 1 s).
 const LEARNER_POLL: Duration = Duration::from_secs(1);
@@ -265,6 +266,40 @@ impl Service {
                         loop {
                             tick.tick().await;
                             membership::autopromote_once(&status.client, &log).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = body => Ok(()),
+                        _ = ctx.cancelled() => Ok(()),
+                    }
+                }
+            }),
+        )?;
+        let watch = self.watch();
+        let quota = self.config.effective_quota();
+        let interval = self.config.space_check_interval;
+        ctx.run(
+            "spacekeeper",
+            supervisor::runnable(move |ctx| {
+                let mut watch = watch.clone();
+                async move {
+                    ctx.signal_healthy();
+                    let body = async {
+                        let status = wait_status(&mut watch).await;
+                        let log = ctx.logger();
+                        let mut tick = tokio::time::interval(interval);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tick.tick().await;
+                            if let Err(e) =
+                                space::keep_once(&status.client, status.member_id, quota, &log)
+                                    .await
+                            {
+                                log.warning(
+                                    &logtree::caller_location(),
+                                    format!("space keeper: {e}"),
+                                );
+                            }
                         }
                     };
                     tokio::select! {

@@ -55,3 +55,30 @@ pub enum Error {
         compact_revision: i64,
     },
 }
+
+/// The text of etcd's answer to a write while its NOSPACE alarm is raised (`ErrGRPCNoSpace`,
+/// gRPC code ResourceExhausted).
+pub const NO_SPACE_MESSAGE: &str = "database space exceeded";
+
+/// Whether `e` is etcd refusing a write because its NOSPACE alarm is raised: the database
+/// reached its backend quota, and nothing is written until the alarm is disarmed.
+pub fn is_no_space(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::ResourceExhausted && s.message().contains(NO_SPACE_MESSAGE))
+}
+
+/// [`is_no_space`] for an error already turned into text (by this crate or a layer above):
+/// etcd's message is kept verbatim in every wrapper.
+pub fn mentions_no_space(text: &str) -> bool {
+    text.contains(NO_SPACE_MESSAGE)
+}
+
+impl Error {
+    /// Whether this is etcd refusing a write under its NOSPACE alarm ([`is_no_space`]).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Etcd(e) => is_no_space(e),
+            _ => false,
+        }
+    }
+}

@@ -16,7 +16,7 @@ pub mod process;
 mod watch;
 
 pub use connect::connect_unix;
-pub use error::{Error, Result};
+pub use error::{Error, NO_SPACE_MESSAGE, Result, is_no_space, mentions_no_space};
 pub use namespaced::{NAMESPACE_PREFIX, Namespaced};
 pub use watch::{Event, EventKind, WatchBatch, WatchStream};
 

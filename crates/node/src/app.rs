@@ -126,6 +126,7 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
         layout,
         address: args.address,
         etcd_binary: args.etcd,
+        etcd_quota_backend_bytes: args.etcd_quota_backend_bytes,
         leader_ttl: Duration::from_secs(args.leader_ttl),
         revocations: RevocationSet::new(),
         boot_id: boot_id(),

@@ -25,6 +25,11 @@ pub struct Args {
     /// The etcd binary to run when this node is a consensus member.
     #[arg(long, default_value = "etcd")]
     pub etcd: PathBuf,
+    /// etcd's backend quota in bytes when this node is a consensus member: past it etcd raises
+    /// its NOSPACE alarm and refuses writes until the node has compacted, defragmented and
+    /// disarmed it. Unset: etcd's default (2 GiB).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub etcd_quota_backend_bytes: Option<u64>,
     /// Curator leader lease TTL in seconds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub leader_ttl: u64,

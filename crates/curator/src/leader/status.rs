@@ -32,6 +32,9 @@ impl From<StateError> for Status {
             // the leader and retry.
             StateError::LostLeadership => Status::unavailable(message),
             StateError::Unavailable(_) => Status::unavailable(message),
+            // Not Unavailable: retrying does not help until the alarm is cleared, and the
+            // operator should see what is wrong rather than a generic store failure.
+            StateError::StoreFull(_) => Status::resource_exhausted(message),
             StateError::Internal(_) => Status::internal(message),
         }
     }
@@ -96,6 +99,13 @@ mod tests {
             ),
             (StateError::LostLeadership, Code::Unavailable),
             (StateError::etcd("connection reset"), Code::Unavailable),
+            (
+                StateError::etcd(
+                    "etcd request failed: grpc request error: status: ResourceExhausted, \
+                     message: \"etcdserver: mvcc: database space exceeded\"",
+                ),
+                Code::ResourceExhausted,
+            ),
             (StateError::Internal("x".into()), Code::Internal),
         ];
         for (e, code) in cases {
@@ -104,6 +114,12 @@ mod tests {
             assert_eq!(status.code(), code, "{text}");
             assert_eq!(status.message(), text);
         }
+        let full = Status::from(StateError::etcd(format!(
+            "etcdserver: mvcc: {}",
+            kv::NO_SPACE_MESSAGE
+        )));
+        assert!(full.message().contains("cluster store is full"), "{full:?}");
+        assert!(full.message().contains("NOSPACE"), "{full:?}");
         // The join-key owner is not disclosed to a registering node.
         assert!(
             !Status::from(StateError::JoinKeyInUse {

@@ -75,6 +75,18 @@ pub enum StateError {
     #[error("{0}")]
     Unavailable(String),
 
+    /// etcd's NOSPACE alarm is raised: its database reached the backend quota and the whole
+    /// cluster refuses writes until the alarm is disarmed (reads still work). The consensus
+    /// service of the member that raised it compacts, defragments and disarms it by itself
+    /// once the database fits again; a retry right away fails the same way.
+    #[error(
+        "the cluster store is full (etcd NOSPACE alarm: the database reached its backend \
+         quota), so writes are refused; it clears by itself once the consensus service has \
+         compacted and defragmented the database below the quota; if it persists, the live \
+         data exceeds the quota: raise the node's --etcd-quota-backend-bytes ({0})"
+    )]
+    StoreFull(String),
+
     /// Something that cannot happen did (no randomness, a bug).
     #[error("{0}")]
     Internal(String),
@@ -94,9 +106,21 @@ impl StateError {
         }
     }
 
-    /// An etcd failure.
+    /// An etcd failure: [`StateError::StoreFull`] for a write refused under the NOSPACE
+    /// alarm, [`StateError::Unavailable`] otherwise.
     pub fn etcd(e: impl std::fmt::Display) -> Self {
-        Self::Unavailable(format!("etcd: {e}"))
+        Self::store(format!("etcd: {e}"))
+    }
+
+    /// A failure of the store (or of the PKI on top of it) described by `text`:
+    /// [`StateError::StoreFull`] if etcd refused a write under its NOSPACE alarm (its message
+    /// is kept in every wrapper), [`StateError::Unavailable`] otherwise.
+    pub fn store(text: String) -> Self {
+        if kv::mentions_no_space(&text) {
+            Self::StoreFull(text)
+        } else {
+            Self::Unavailable(text)
+        }
     }
 }
 

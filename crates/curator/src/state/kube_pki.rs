@@ -124,7 +124,7 @@ async fn ensure(cert: &Certificate, ns: &Namespaced) -> Result<Vec<u8>, StateErr
         pki::Error::KeyMismatch { .. } => StateError::CertificateKeyMismatch {
             what: format!("certificate {}", cert.name),
         },
-        e => StateError::Unavailable(format!("could not ensure certificate {}: {e}", cert.name)),
+        e => StateError::store(format!("could not ensure certificate {}: {e}", cert.name)),
     })
 }
 

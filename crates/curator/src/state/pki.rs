@@ -24,7 +24,7 @@ fn pki_error(what: &str, e: pki::Error) -> StateError {
         pki::Error::KeyMismatch { .. } => StateError::CertificateKeyMismatch {
             what: what.to_string(),
         },
-        e => StateError::Unavailable(format!("{what}: {e}")),
+        e => StateError::store(format!("{what}: {e}")),
     }
 }
 

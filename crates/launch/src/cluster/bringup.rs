@@ -56,7 +56,7 @@ impl Cluster {
                 ),
                 etcd: launch.options.etcd_binary.clone(),
                 leader_ttl: launch.options.leader_ttl,
-                extra_args: Vec::new(),
+                extra_args: launch.options.node_args.clone(),
                 env: Vec::new(),
                 wrapper: launch.options.wrapper(index),
                 echo: launch.options.echo_logs,

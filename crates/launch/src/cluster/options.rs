@@ -72,6 +72,8 @@ pub struct ClusterOptions {
     /// Test hosts: node `i` runs on `hosts[i]` (its address, and the command it is run
     /// through, e.g. `ip netns exec <ns>`) instead of on `block`. Empty: every node on `block`.
     pub hosts: Vec<NodeHost>,
+    /// More `metropolis-node` arguments for every node (e.g. `--etcd-quota-backend-bytes`).
+    pub node_args: Vec<String>,
 }
 
 /// Where one node runs when it is not on a loopback block: a host of its own, typically a
@@ -100,6 +102,7 @@ impl Default for ClusterOptions {
             restart: RestartPolicy::default(),
             timeouts: Timeouts::default(),
             hosts: Vec::new(),
+            node_args: Vec::new(),
         }
     }
 }

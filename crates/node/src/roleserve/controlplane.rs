@@ -143,6 +143,7 @@ async fn run_control_plane(rs: &Arc<Roleserve>, ctx: &Context) -> RunnableResult
         IpAddr::V4(env.address),
     );
     config.etcd_binary = env.etcd_binary.clone();
+    config.quota_backend_bytes = env.etcd_quota_backend_bytes;
     if rs.bootstrap().is_none() {
         config.join_cluster = rs
             .roles_now()

@@ -59,6 +59,8 @@ pub struct NodeEnv {
     pub address: Ipv4Addr,
     /// The etcd binary.
     pub etcd_binary: PathBuf,
+    /// etcd's backend quota (`--quota-backend-bytes`); None: etcd's default.
+    pub etcd_quota_backend_bytes: Option<u64>,
     /// Curator leader lease TTL.
     pub leader_ttl: Duration,
     /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
