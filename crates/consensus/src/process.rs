@@ -141,6 +141,12 @@ fn args(config: &Config, mode: &Mode) -> Vec<String> {
         "info".into(),
         // Metrics and the v2 API are off: nothing here scrapes them and v2 has no auth.
         "--enable-v2=false".into(),
+        // Raft pre-vote (etcd 3.5's default, off in 3.4): a member cut off from the others
+        // does not keep raising its term, so when it comes back it does not depose the
+        // majority's raft leader. Without it every heal of a partition left the cluster
+        // without a raft leader for seconds, long enough for every curator's lease keep-alive
+        // to go unanswered and leadership to be decided afresh (the returning node could win).
+        "--pre-vote=true".into(),
     ];
     match mode {
         Mode::Bootstrap => {
