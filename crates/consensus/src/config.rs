@@ -35,6 +35,14 @@ pub struct Config {
     pub join_cluster: Option<JoinCluster>,
     /// The etcd binary; `etcd` from PATH by default.
     pub etcd_binary: PathBuf,
+    /// Whether etcd requires a connecting peer's certificate to name the address the peer
+    /// connects from (etcd's peer client-SAN check). On by default: in a real cluster every
+    /// node has an address of its own, which its peer certificate carries as an IP SAN. Only
+    /// several members sharing one host's loopback turn it off: they all connect from
+    /// 127.0.0.1, whatever address they listen on. Without the check peers are still
+    /// authenticated by the cluster-private peer CA and its CRL; the check additionally pins a
+    /// certificate to its node's network location.
+    pub peer_client_san_check: bool,
 }
 
 impl Config {
@@ -53,6 +61,7 @@ impl Config {
             peer_port: 7834,
             join_cluster: None,
             etcd_binary: PathBuf::from("etcd"),
+            peer_client_san_check: true,
         }
     }
 

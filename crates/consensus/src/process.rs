@@ -197,14 +197,11 @@ fn args(config: &Config, mode: &Mode) -> Vec<String> {
                 "--peer-client-cert-auth".into(),
                 "--peer-crl-file".into(),
                 pki.crl().display().to_string(),
-                // etcd would also require a connecting peer's certificate to name the TCP source
-                // address. Nodes sharing one host's loopback all connect from 127.0.0.1, whatever
-                // address they listen on, so that check cannot pass here. Peers stay
-                // authenticated by the cluster-private peer CA (every certificate it issues is a
-                // member certificate) and the CRL; the SAN check would only pin a certificate to
-                // a network location.
-                "--experimental-peer-skip-client-san-verification".into(),
             ]);
+            if !config.peer_client_san_check {
+                // See [`Config::peer_client_san_check`]: members sharing a loopback only.
+                a.push("--experimental-peer-skip-client-san-verification".into());
+            }
         }
     }
     a

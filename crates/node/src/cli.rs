@@ -25,6 +25,11 @@ pub struct Args {
     /// The etcd binary to run when this node is a consensus member.
     #[arg(long, default_value = "etcd")]
     pub etcd: PathBuf,
+    /// Let etcd accept peers whose certificate does not name the address they connect from.
+    /// Only for several nodes sharing one host's loopback (they all connect from 127.0.0.1);
+    /// a node with an address of its own keeps etcd's peer client-SAN check on.
+    #[arg(long)]
+    pub etcd_skip_peer_client_san_check: bool,
     /// Curator leader lease TTL in seconds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub leader_ttl: u64,

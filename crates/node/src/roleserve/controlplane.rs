@@ -143,6 +143,7 @@ async fn run_control_plane(rs: &Arc<Roleserve>, ctx: &Context) -> RunnableResult
         IpAddr::V4(env.address),
     );
     config.etcd_binary = env.etcd_binary.clone();
+    config.peer_client_san_check = env.etcd_peer_client_san_check;
     if rs.bootstrap().is_none() {
         config.join_cluster = rs
             .roles_now()

@@ -59,6 +59,8 @@ pub struct NodeEnv {
     pub address: Ipv4Addr,
     /// The etcd binary.
     pub etcd_binary: PathBuf,
+    /// etcd's peer client-SAN check ([`consensus::Config::peer_client_san_check`]).
+    pub etcd_peer_client_san_check: bool,
     /// Curator leader lease TTL.
     pub leader_ttl: Duration,
     /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
