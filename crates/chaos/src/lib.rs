@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bed;
+pub mod history;
 pub mod net;
 pub mod report;
 pub mod scenarios;

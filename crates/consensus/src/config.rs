@@ -46,6 +46,14 @@ pub struct Config {
     pub history_revisions: u64,
     /// How often the space keeper looks for a NOSPACE alarm on this member.
     pub space_check_interval: Duration,
+    /// Whether etcd requires a connecting peer's certificate to name the address the peer
+    /// connects from (etcd's peer client-SAN check). On by default: in a real cluster every
+    /// node has an address of its own, which its peer certificate carries as an IP SAN. Only
+    /// several members sharing one host's loopback turn it off: they all connect from
+    /// 127.0.0.1, whatever address they listen on. Without the check peers are still
+    /// authenticated by the cluster-private peer CA and its CRL; the check additionally pins a
+    /// certificate to its node's network location.
+    pub peer_client_san_check: bool,
 }
 
 /// Revisions of history kept by default: far more than a watcher of the curator lags behind
@@ -75,6 +83,7 @@ impl Config {
             quota_backend_bytes: None,
             history_revisions: DEFAULT_HISTORY_REVISIONS,
             space_check_interval: Duration::from_secs(5),
+            peer_client_san_check: true,
         }
     }
 

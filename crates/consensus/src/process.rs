@@ -146,6 +146,12 @@ fn args(config: &Config, mode: &Mode) -> Vec<String> {
         "revision".into(),
         "--auto-compaction-retention".into(),
         config.history_revisions.to_string(),
+        // Raft pre-vote (etcd 3.5's default, off in 3.4): a member cut off from the others
+        // does not keep raising its term, so when it comes back it does not depose the
+        // majority's raft leader. Without it every heal of a partition left the cluster
+        // without a raft leader for seconds, long enough for every curator's lease keep-alive
+        // to go unanswered and leadership to be decided afresh (the returning node could win).
+        "--pre-vote=true".into(),
     ];
     if let Some(quota) = config.quota_backend_bytes {
         a.extend(["--quota-backend-bytes".into(), quota.to_string()]);
@@ -199,14 +205,11 @@ fn args(config: &Config, mode: &Mode) -> Vec<String> {
                 "--peer-client-cert-auth".into(),
                 "--peer-crl-file".into(),
                 pki.crl().display().to_string(),
-                // etcd would also require a connecting peer's certificate to name the TCP source
-                // address. Nodes sharing one host's loopback all connect from 127.0.0.1, whatever
-                // address they listen on, so that check cannot pass here. Peers stay
-                // authenticated by the cluster-private peer CA (every certificate it issues is a
-                // member certificate) and the CRL; the SAN check would only pin a certificate to
-                // a network location.
-                "--experimental-peer-skip-client-san-verification".into(),
             ]);
+            if !config.peer_client_san_check {
+                // See [`Config::peer_client_san_check`]: members sharing a loopback only.
+                a.push("--experimental-peer-skip-client-san-verification".into());
+            }
         }
     }
     a

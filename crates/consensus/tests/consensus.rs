@@ -43,6 +43,8 @@ impl TestNode {
             address,
         );
         config.join_cluster = join;
+        // Members on one loopback connect to each other from 127.0.0.1.
+        config.peer_client_san_check = false;
         let service = Service::new(config);
         let tree = LogTree::new();
         let runnable = service.runnable();

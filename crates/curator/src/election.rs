@@ -23,11 +23,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use kv::Namespaced;
 use kv::etcd_client::{
-    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
+    Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, WatchOptions,
 };
 use prost::Message;
 use proto::curator_private::LeaderElectionValue;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Prefix of the election keys inside the curator keyspace.
@@ -229,54 +231,97 @@ async fn round(
     clean_stale_key(ns, node_id).await?;
     let mut client = ns.client().clone();
     let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(10);
+    let asked = Instant::now();
     let lease = client
         .lease_grant(ttl_secs, None)
         .await
-        .map_err(|e| format!("lease grant: {e}"))?
-        .id();
-    let result = hold_lease(ns, api, node_id, ttl, lease, status, cancel).await;
-    // Graceful end (or a failed round): give the lease back so a successor does not wait for
-    // it to expire. Best effort: after a crash etcd expires it by itself.
-    let _ = client.lease_revoke(lease).await;
+        .map_err(|e| format!("lease grant: {e}"))?;
+    // The lease runs from when etcd granted it, which is after we asked.
+    let expires = asked + Duration::from_secs(u64::try_from(lease.ttl()).unwrap_or(0));
+    let lease = lease.id();
+    // The round lasts until the lease is lost (it could not be renewed before it expired, or
+    // etcd says it expired), the campaign fails, or `cancel` fires.
+    let result = tokio::select! {
+        r = keep_alive(ns, ttl, lease, expires) => r,
+        r = campaign(ns, api, node_id, ttl, lease, status) => r,
+        _ = cancel.cancelled() => Ok(()),
+    };
+    // Whatever ended the round, we do not lead any more: say so before anything that may
+    // block (the revoke waits for an etcd that may be unreachable).
     status.send_replace(ElectionStatus::Unknown);
+    // Graceful end (or a failed round): give the lease back so a successor does not wait for
+    // it to expire. Best effort, bounded: otherwise etcd expires it by itself.
+    let _ = tokio::time::timeout(ttl, client.lease_revoke(lease)).await;
     result
 }
 
-async fn hold_lease(
+/// How soon a failed renewal is tried again (on a new keep-alive stream).
+const RENEW_RETRY: Duration = Duration::from_millis(200);
+
+/// Renews `lease` every TTL/3 until it is lost; returns why it was lost.
+///
+/// A failed renewal (the keep-alive stream broke, etcd briefly had no raft leader, the
+/// connection was reset) does not end the lease: etcd keeps it until `expires`, and no other
+/// candidate can lead before then. So a failure is retried on a fresh stream until the lease's
+/// deadline, known from the last renewal etcd answered (counted from when we sent it, which is
+/// before etcd applied it, so the deadline errs early). Only a lease that really lapsed, or that
+/// etcd reports gone, ends leadership; a leader cut off from etcd steps down at the deadline,
+/// no later than its lease expires on etcd.
+async fn keep_alive(
     ns: &Namespaced,
-    api: &Namespaced,
-    node_id: &str,
     ttl: Duration,
     lease: i64,
-    status: &watch::Sender<ElectionStatus>,
-    cancel: &CancellationToken,
+    mut expires: Instant,
 ) -> Result<(), String> {
     let mut client = ns.client().clone();
-    let (mut keeper, mut responses) = client
-        .lease_keep_alive(lease)
-        .await
-        .map_err(|e| format!("lease keep-alive: {e}"))?;
-    let keepalive = async {
-        let mut tick = tokio::time::interval(ttl / 3);
-        loop {
-            tick.tick().await;
+    let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+    let mut next = Instant::now() + ttl / 3;
+    loop {
+        tokio::time::sleep_until(next.min(expires)).await;
+        if Instant::now() >= expires {
+            return Err("lease expired: no renewal answered before its deadline".to_string());
+        }
+        let sent = Instant::now();
+        let renewal = async {
+            if stream.is_none() {
+                stream = Some(
+                    client
+                        .lease_keep_alive(lease)
+                        .await
+                        .map_err(|e| format!("opening the lease keep-alive: {e}"))?,
+                );
+            }
+            let Some((keeper, responses)) = stream.as_mut() else {
+                return Err("no keep-alive stream".to_string());
+            };
             keeper
                 .keep_alive()
                 .await
                 .map_err(|e| format!("lease keep-alive: {e}"))?;
-            match tokio::time::timeout(ttl, responses.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                Ok(Ok(Some(_))) => return Err("lease expired".to_string()),
-                Ok(Ok(None)) => return Err("lease keep-alive stream ended".to_string()),
-                Ok(Err(e)) => return Err(format!("lease keep-alive: {e}")),
-                Err(_) => return Err("lease keep-alive timed out".to_string()),
+            match responses.message().await {
+                Ok(Some(r)) => Ok(r.ttl()),
+                Ok(None) => Err("lease keep-alive stream ended".to_string()),
+                Err(e) => Err(format!("lease keep-alive: {e}")),
+            }
+        };
+        match tokio::time::timeout_at(expires, renewal).await {
+            Ok(Ok(granted)) if granted > 0 => {
+                expires = sent + Duration::from_secs(u64::try_from(granted).unwrap_or(0));
+                next = sent + ttl / 3;
+            }
+            Ok(Ok(_)) => return Err("lease expired (etcd no longer knows it)".to_string()),
+            Ok(Err(e)) => {
+                tracing::warn!(
+                    "renewing the election lease failed, retrying until it expires in {:?}: {e}",
+                    expires.saturating_duration_since(Instant::now())
+                );
+                stream = None;
+                next = Instant::now() + RENEW_RETRY;
+            }
+            Err(_) => {
+                return Err("lease expired: no renewal answered before its deadline".to_string());
             }
         }
-    };
-    tokio::select! {
-        r = keepalive => r,
-        r = campaign(ns, api, node_id, ttl, lease, status) => r,
-        _ = cancel.cancelled() => Ok(()),
     }
 }
 

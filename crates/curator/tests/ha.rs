@@ -1,7 +1,7 @@
 //! Three curators on three real etcd members: exactly one leader; followers point clients at
-//! it and refuse everything else with Unavailable; when the leader's etcd is killed a new
-//! leader takes over within a few seconds, serves writes, and a leader-following client
-//! succeeds on retry.
+//! it and refuse everything else with Unavailable; when the leader's etcd stops answering
+//! for longer than the lease TTL (it is frozen) a new leader takes over within a few seconds,
+//! serves writes, and a leader-following client succeeds on retry.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -60,6 +60,8 @@ impl ClusterNode {
             address,
         );
         config.join_cluster = join;
+        // Members on one loopback connect to each other from 127.0.0.1.
+        config.peer_client_san_check = false;
         let consensus_service = consensus::Service::new(config);
         let consensus_sup = Supervisor::start(LogTree::new(), consensus_service.runnable());
         let node = ClusterNode {
@@ -266,11 +268,13 @@ async fn one_leader_followers_redirect_and_failover() {
         leader_id
     );
 
-    // Crash the leader's etcd: its lease can no longer be kept alive nor revoked, so the others
-    // take over once it expires (TTL 3 s).
+    // Take the leader's etcd away: its lease can no longer be kept alive nor revoked, so the
+    // others take over once it expires (TTL 3 s). Frozen rather than killed: a killed etcd is
+    // restarted by its supervisor, and back within the TTL it lets its leader renew the lease
+    // and rightly keep leading, which is no failover.
     let killed_at = Instant::now();
     let pid = nodes[leader].consensus().await.pid.expect("pid");
-    kill(pid);
+    signal(pid, "-STOP");
     wait_for("a new leader", async || {
         let leaders = leader_of(&nodes);
         leaders.len() == 1 && leaders[0] != leader
@@ -301,8 +305,9 @@ async fn one_leader_followers_redirect_and_failover() {
         "takeover took {takeover:?}"
     );
 
-    // The killed member comes back (its supervisor restarts etcd from disk); wait until all
-    // three vote again so the next crash leaves a quorum.
+    // The frozen member comes back; wait until all three vote again so the next fault leaves
+    // a quorum.
+    signal(pid, "-CONT");
     let new_leader = leader_of(&nodes)[0];
     let sn = nodes[new_leader].consensus().await;
     wait_for("three voters again", async || {
@@ -340,12 +345,14 @@ async fn one_leader_followers_redirect_and_failover() {
     })
     .await
     .expect("register X");
-    kill(sn.pid.expect("pid"));
+    let sn_pid = sn.pid.expect("pid");
+    signal(sn_pid, "-STOP");
     wait_for("a third leader", async || {
         let leaders = leader_of(&nodes);
         leaders.len() == 1 && leaders[0] != new_leader
     })
     .await;
+    signal(sn_pid, "-CONT");
     let x_pub = x.public_key().as_bytes().to_vec();
     lc.call(&PATIENT, |ch| {
         let pubkey = x_pub.clone();
@@ -403,7 +410,7 @@ async fn one_leader_followers_redirect_and_failover() {
     .expect("delete X");
     for n in &nodes {
         if n.consensus_service.watch().borrow().is_none() {
-            continue; // the member killed last may still be restarting
+            continue; // the member frozen last may still be catching up
         }
         let endpoint = n.endpoint();
         wait_for("every curator to refuse the deleted node", async || {
@@ -426,18 +433,36 @@ async fn one_leader_followers_redirect_and_failover() {
     }
 }
 
-/// SIGKILL, as a crash would.
-fn kill(pid: u32) {
+/// Sends `signal` (`-STOP`, `-CONT`) to a process.
+fn signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")
-        .arg("-9")
+        .arg(signal)
         .arg(pid.to_string())
         .status()
         .expect("kill");
     assert!(status.success());
 }
 
-/// CuratorLocal.GetClusterCRL at one curator, asked without credentials.
+/// CuratorLocal.GetClusterCRL at one curator, asked without credentials; retried while the
+/// curator drops connections (its listener restarts when its election status changes, e.g.
+/// right after its etcd came back).
 async fn cluster_crl(endpoint: String, ca: &[u8]) -> Vec<u8> {
+    let mut crl = Vec::new();
+    wait_for(
+        "the curator's cluster CRL",
+        async || match try_cluster_crl(endpoint.clone(), ca).await {
+            Ok(c) => {
+                crl = c;
+                true
+            }
+            Err(_) => false,
+        },
+    )
+    .await;
+    crl
+}
+
+async fn try_cluster_crl(endpoint: String, ca: &[u8]) -> Result<Vec<u8>, tonic::Status> {
     let verification = ServerVerification::Cluster {
         ca: ca.to_vec(),
         node_id: None,
@@ -446,12 +471,13 @@ async fn cluster_crl(endpoint: String, ca: &[u8]) -> Vec<u8> {
     let config =
         rpc::client_tls::client_config(&ClientCredentials::None, verification).expect("config");
     let channel = rpc::client_tls::connect_lazy(&endpoint, config).expect("endpoint");
-    proto::curator_api::curator_local_client::CuratorLocalClient::new(channel)
-        .get_cluster_crl(proto::curator_api::GetClusterCrlRequest {})
-        .await
-        .expect("GetClusterCRL")
-        .into_inner()
-        .crl
+    Ok(
+        proto::curator_api::curator_local_client::CuratorLocalClient::new(channel)
+            .get_cluster_crl(proto::curator_api::GetClusterCrlRequest {})
+            .await?
+            .into_inner()
+            .crl,
+    )
 }
 
 /// The code a Watch of `node_id` gets at one curator with these credentials.

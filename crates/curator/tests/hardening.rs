@@ -901,6 +901,8 @@ async fn deleting_a_node_claiming_a_voters_address_keeps_the_voter() {
         voter_ip,
     );
     config.join_cluster = Some(join);
+    // Members on one loopback connect to each other from 127.0.0.1.
+    config.peer_client_san_check = false;
     let service = consensus::Service::new(config);
     let sup = supervisor::Supervisor::start(logtree::LogTree::new(), service.runnable());
     tokio::time::timeout(Duration::from_secs(90), service.wait_running())

@@ -162,6 +162,10 @@ pub struct NodeConfig {
     pub etcd: Option<PathBuf>,
     /// `--leader-ttl` in seconds, if the node's default (3 s) is not wanted.
     pub leader_ttl: Option<u32>,
+    /// `--etcd-skip-peer-client-san-check`: for nodes sharing this host's loopback, which all
+    /// connect to their peers from 127.0.0.1. A node with an address of its own (a test host)
+    /// keeps etcd's check on.
+    pub skip_peer_client_san_check: bool,
     /// More arguments, appended as given.
     pub extra_args: Vec<String>,
     /// Environment variables set for the node process (on top of ours), e.g. `FAILPOINTS`
@@ -201,6 +205,9 @@ impl NodeConfig {
         if let Some(ttl) = self.leader_ttl {
             args.push("--leader-ttl".to_string());
             args.push(ttl.to_string());
+        }
+        if self.skip_peer_client_san_check {
+            args.push("--etcd-skip-peer-client-san-check".to_string());
         }
         args.extend(self.extra_args.iter().cloned());
         args

@@ -53,6 +53,7 @@ fn node(temp: &Path, script: &Path, restart: RestartPolicy) -> Node {
         parameters: Some(temp.join("params.pb")),
         etcd: None,
         leader_ttl: Some(2),
+        skip_peer_client_san_check: true,
         extra_args: Vec::new(),
         env: Vec::new(),
         wrapper: Vec::new(),
@@ -100,6 +101,7 @@ async fn start_stop_kill_and_logs() {
         "--address 192.0.2.8",
         "--parameters",
         "--leader-ttl 2",
+        "--etcd-skip-peer-client-san-check",
     ] {
         assert!(args.contains(want), "{args}");
     }

@@ -53,6 +53,8 @@ async fn approve_roles_and_watch() {
         parameters: Some(params.clone()),
         etcd: cluster.options().etcd_binary.clone(),
         leader_ttl: cluster.options().leader_ttl,
+        // On the cluster's loopback block, like its other nodes.
+        skip_peer_client_san_check: true,
         extra_args: Vec::new(),
         env: Vec::new(),
         wrapper: Vec::new(),

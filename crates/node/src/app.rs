@@ -127,6 +127,7 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
         address: args.address,
         etcd_binary: args.etcd,
         etcd_quota_backend_bytes: args.etcd_quota_backend_bytes,
+        etcd_peer_client_san_check: !args.etcd_skip_peer_client_san_check,
         leader_ttl: Duration::from_secs(args.leader_ttl),
         revocations: RevocationSet::new(),
         boot_id: boot_id(),

@@ -30,6 +30,11 @@ pub struct Args {
     /// disarmed it. Unset: etcd's default (2 GiB).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub etcd_quota_backend_bytes: Option<u64>,
+    /// Let etcd accept peers whose certificate does not name the address they connect from.
+    /// Only for several nodes sharing one host's loopback (they all connect from 127.0.0.1);
+    /// a node with an address of its own keeps etcd's peer client-SAN check on.
+    #[arg(long)]
+    pub etcd_skip_peer_client_san_check: bool,
     /// Curator leader lease TTL in seconds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub leader_ttl: u64,

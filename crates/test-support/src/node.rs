@@ -43,6 +43,8 @@ pub fn config(
         parameters: parameters.map(Path::to_path_buf),
         etcd: None,
         leader_ttl: Some(LEADER_TTL),
+        // Test nodes share this host's loopback: they all connect to peers from 127.0.0.1.
+        skip_peer_client_san_check: true,
         extra_args: Vec::new(),
         env: Vec::new(),
         wrapper: Vec::new(),

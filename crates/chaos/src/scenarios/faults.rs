@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::HEALTH;
 use crate::bed::{LEADER_TTL, POLL};
+use crate::history::{Change, ElectionKey, History};
 use crate::{Error, Ledger, Result, RunResult, Testbed};
 
 /// How long a follower stays partitioned: several heartbeat periods, so the leader notices.
@@ -46,9 +47,33 @@ struct Probe {
     attempts: u32,
 }
 
+/// The label probe writes set on the probed node's own record.
+const PROBE_LABEL: &str = "chaos-direct";
+
+/// The value of the control write that proves a history scan sees marked writes.
+fn control_value(marker: &str) -> String {
+    format!("{marker}-control")
+}
+
+/// A marker unique to one run: every probe write carries it (as `<marker>-<attempt>`), so
+/// etcd's history shows whether any of them landed.
+fn probe_marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("probe{}x{nanos:x}", std::process::id())
+}
+
 /// Calls node `index` directly for `window` from `since`: a read (GetNodes) and a write (a
-/// label on its own record) per round, noting what it answered.
-async fn probe_directly(bed: &Testbed, index: usize, since: Instant, window: Duration) -> Probe {
+/// label on its own record, valued `<marker>-<attempt>`) per round, noting what it answered.
+async fn probe_directly(
+    bed: &Testbed,
+    index: usize,
+    since: Instant,
+    window: Duration,
+    marker: &str,
+) -> Probe {
     let mut probe = Probe::default();
     let Ok(id) = bed.cluster.id_of(index) else {
         return probe;
@@ -64,9 +89,9 @@ async fn probe_directly(bed: &Testbed, index: usize, since: Instant, window: Dur
             probe.last_served = Some(started);
         }
         let started = since.elapsed();
-        let value = probe.attempts.to_string();
+        let value = format!("{marker}-{}", probe.attempts);
         if client
-            .update_labels(&id, &[("chaos-direct", &value)], &[])
+            .update_labels(&id, &[(PROBE_LABEL, &value)], &[])
             .await
             .is_ok()
         {
@@ -122,13 +147,25 @@ pub async fn leader_partition() -> Result<RunResult> {
     let mut ledger = Ledger::new(&bed, others[0], WRITE_DEADLINE)?;
     write_n(&mut ledger, WRITES, "writes before the partition").await?;
 
+    // etcd's history from here on is checked after the heal, on a majority member.
+    let history = History::connect(&bed, others[0]).await?;
+    let leader_id = bed.cluster.id_of(leader)?;
+    let old_key = history.election_key(&leader_id).await?.ok_or_else(|| {
+        Error::Check(format!(
+            "the leader (node {leader}) has no election key in etcd"
+        ))
+    })?;
+    let start_revision = history.revision().await?;
+    let marker = probe_marker();
+
     let cut = Instant::now();
     bed.net.partition(leader, &others)?;
     let window = ttl() * 4;
-    let (probe, elected) = tokio::join!(probe_directly(&bed, leader, cut, window), async {
-        let index = bed.wait_leader(&others, HEALTH).await;
-        (index, cut.elapsed())
-    });
+    let (probe, elected) =
+        tokio::join!(probe_directly(&bed, leader, cut, window, &marker), async {
+            let index = bed.wait_leader(&others, HEALTH).await;
+            (index, cut.elapsed())
+        });
     let (new_leader, recovery) = (elected.0?, elected.1);
     let mut notes = vec![format!(
         "node {leader} (leader) partitioned; node {new_leader} leads the majority after {:.1} s",
@@ -192,6 +229,22 @@ pub async fn leader_partition() -> Result<RunResult> {
         healed.elapsed().as_secs_f64()
     ));
     write_n(&mut ledger, WRITES, "writes after the heal").await?;
+    // A control write carrying the marker, through the majority's leader: the scan must find
+    // it, or finding no probe write would prove nothing.
+    bed.cluster
+        .management()
+        .with_deadline(WRITE_DEADLINE)
+        .update_labels(&leader_id, &[(PROBE_LABEL, &control_value(&marker))], &[])
+        .await
+        .map_err(|e| Error::Check(format!("the control write: {e}")))?;
+    let end_revision = history.revision().await?;
+    let changes = history.scan(start_revision, end_revision).await?;
+    notes.push(old_lease_writes(
+        &changes,
+        &old_key,
+        &marker,
+        (start_revision, end_revision),
+    )?);
     let lost = losses(&bed, &ledger, &mut notes).await?;
     notes.extend(bed.reboots());
     Ok(RunResult {
@@ -199,6 +252,77 @@ pub async fn leader_partition() -> Result<RunResult> {
         lost,
         notes,
     })
+}
+
+/// Checks etcd's history of the run (`changes` in `revisions`) for writes of the partitioned
+/// old leader: the revision at which its election key vanished (its lease expired, or it was
+/// revoked), the probe writes (`marker`) that landed at all, and any write after that revision
+/// carrying the old lease or touching the old election key. A probe write or a lease-bound
+/// write after the key vanished fails the run; the note says what was scanned and found.
+fn old_lease_writes(
+    changes: &[Change],
+    old_key: &ElectionKey,
+    marker: &str,
+    revisions: (i64, i64),
+) -> Result<String> {
+    let vanished = changes
+        .iter()
+        .find(|c| c.delete && c.key == old_key.key)
+        .map(|c| c.revision)
+        .ok_or_else(|| {
+            Error::Check(format!(
+                "etcd history {}..={}: the old leader's election key {} (lease {:x}) never \
+                 vanished",
+                revisions.0,
+                revisions.1,
+                String::from_utf8_lossy(&old_key.key),
+                old_key.lease
+            ))
+        })?;
+    let control = control_value(marker);
+    let controls = changes
+        .iter()
+        .filter(|c| c.introduces(marker).contains(&control))
+        .count();
+    if controls == 0 {
+        return Err(Error::Check(format!(
+            "etcd history {}..={}: the control write carrying the marker was not found, so \
+             the scan cannot vouch for the probe writes",
+            revisions.0, revisions.1
+        )));
+    }
+    let probes: Vec<i64> = changes
+        .iter()
+        .filter(|c| c.introduces(marker).iter().any(|t| *t != control))
+        .map(|c| c.revision)
+        .collect();
+    let late_probes: Vec<i64> = probes.iter().copied().filter(|r| *r > vanished).collect();
+    let late_lease: Vec<i64> = changes
+        .iter()
+        .filter(|c| c.revision > vanished && (c.lease == old_key.lease || c.key == old_key.key))
+        .map(|c| c.revision)
+        .collect();
+    let note = format!(
+        "etcd history: revisions {}..={} scanned ({} changes); the old leader's election key \
+         (lease {:x}, created at {}) vanished at revision {vanished}; probe writes found: {} \
+         {probes:?}, after the expiry: {} (the control write found: {controls}); writes \
+         under the old lease or key after it: {}",
+        revisions.0,
+        revisions.1,
+        changes.len(),
+        old_key.lease,
+        old_key.create_revision,
+        probes.len(),
+        late_probes.len(),
+        late_lease.len()
+    );
+    if !late_probes.is_empty() || !late_lease.is_empty() {
+        return Err(Error::Check(format!(
+            "the old leader wrote after its lease was gone: probe writes at revisions \
+             {late_probes:?}, old lease or key at revisions {late_lease:?} ({note})"
+        )));
+    }
+    Ok(note)
 }
 
 /// Scenario 2: a follower (a consensus member) is cut off from the others for a while, then
@@ -291,7 +415,7 @@ pub async fn leader_freeze() -> Result<RunResult> {
     let held = frozen.elapsed();
     bed.cluster.node(leader).thaw();
     let thawed = Instant::now();
-    let probe = probe_directly(&bed, leader, thawed, ttl() * 3).await;
+    let probe = probe_directly(&bed, leader, thawed, ttl() * 3, &probe_marker()).await;
     let new_id = bed.cluster.id_of(new_leader)?;
     let mut notes = vec![
         format!(

@@ -144,6 +144,7 @@ async fn run_control_plane(rs: &Arc<Roleserve>, ctx: &Context) -> RunnableResult
     );
     config.etcd_binary = env.etcd_binary.clone();
     config.quota_backend_bytes = env.etcd_quota_backend_bytes;
+    config.peer_client_san_check = env.etcd_peer_client_san_check;
     if rs.bootstrap().is_none() {
         config.join_cluster = rs
             .roles_now()

@@ -61,6 +61,8 @@ pub struct NodeEnv {
     pub etcd_binary: PathBuf,
     /// etcd's backend quota (`--quota-backend-bytes`); None: etcd's default.
     pub etcd_quota_backend_bytes: Option<u64>,
+    /// etcd's peer client-SAN check ([`consensus::Config::peer_client_san_check`]).
+    pub etcd_peer_client_san_check: bool,
     /// Curator leader lease TTL.
     pub leader_ttl: Duration,
     /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
