@@ -9,11 +9,12 @@
 //! | 4 | leader SIGKILLed during 100 registrations | SIGKILL → the others' new leader serves |
 //! | 5 | leader SIGSTOPped for 2 × TTL | SIGSTOP → the others' new leader serves |
 //! | 7 | packet loss (and delay, where the kernel has netem) | - (writes' worst latency noted) |
+//! | 8 | failpoints in kill/restart cycles (one cluster) | crash → the process serves again |
 //!
-//! Scenarios 6 (a full state filesystem) and 8 (failpoints in kill/restart loops, once the
-//! crates have failpoints) have slots in [`Scenario`] but no runs
-//! yet: [`Scenario::run`] reports them as not implemented rather than passing.
+//! Scenario 6 (a full state filesystem) has a slot in [`Scenario`] but no runs yet:
+//! [`Scenario::run`] reports it as not implemented rather than passing.
 
+mod failpoints;
 mod faults;
 mod registrations;
 mod restarts;
@@ -79,6 +80,8 @@ impl Scenario {
     pub fn default_runs(self) -> u32 {
         match self {
             Scenario::ColdRestarts => 20,
+            // Failpoints alternate between odd and even cycles: two of each.
+            Scenario::Failpoints => 4,
             _ => 3,
         }
     }
@@ -109,7 +112,27 @@ impl Scenario {
                     }
                 }
             }
-            Scenario::FullDisk | Scenario::Failpoints => {
+            // One cluster for all cycles; each cycle brings a fresh machine.
+            Scenario::Failpoints => {
+                let result = bounded(
+                    RUN_LIMIT + Duration::from_secs(240) * runs,
+                    failpoints::cycles(runs),
+                )
+                .await;
+                match result {
+                    Ok(cycles) => {
+                        outcome.runs = cycles.runs;
+                        outcome.passed = cycles.passed;
+                        outcome.worst_recovery = cycles.worst;
+                        outcome.notes = cycles.notes;
+                    }
+                    Err(e) => {
+                        outcome.runs = runs;
+                        outcome.notes.push(format!("FAILED: {e}"));
+                    }
+                }
+            }
+            Scenario::FullDisk => {
                 outcome
                     .notes
                     .push("not implemented yet: no runs (this row counts as failed)".to_string());
