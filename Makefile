@@ -77,7 +77,7 @@ fuzz:
 CHAOS ?=
 CHAOS_ARGS ?=
 chaos: deps
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace --bins $(TEST_FEATURES)
 	target/debug/chaos $(CHAOS) $(CHAOS_ARGS)
 
 test: deps lint unit

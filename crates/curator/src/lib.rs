@@ -12,6 +12,7 @@
 
 pub mod bootstrap;
 pub mod election;
+pub mod failpoint;
 pub mod follower;
 pub mod health;
 pub mod leader;

@@ -75,8 +75,6 @@ fn cluster_directory(state: &Path) -> Option<ClusterDirectory> {
 /// A node killed between sealing its configuration and writing its cluster directory
 /// (bootstrap) still boots: it finds its cluster again and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open: the restored directory gets the node past the missing-directory refusal, \
-            but the restarted node then never completes JoinNode (under investigation)"]
 async fn bootstrap_crash_between_seal_and_directory_boots() {
     let block = LoopbackBlock::allocate();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -167,21 +165,21 @@ async fn assert_decommissioned(n: &Node, state: &Path) {
     );
 }
 
-/// Decommissioning with a crash in the middle of the wipe, and one after it: every restart
-/// converges to a wiped node that stays gone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn decommission_crashes_converge() {
-    let block = LoopbackBlock::allocate();
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A bootstrapped node 0 (on `block`'s first address), an owner's Management client to it,
+/// and register parameters for further nodes, written into `dir`.
+async fn cluster_for_registration(
+    block: &LoopbackBlock,
+    dir: &Path,
+) -> (Node, ManagementClient<Channel>, std::path::PathBuf) {
     let owner = SigningKey::generate().expect("owner");
     let p0 = write_params(
-        dir.path(),
+        dir,
         &bootstrap_params(
             &owner,
             StorageSecurityPolicy::NeedsEncryptionAndAuthentication,
         ),
     );
-    let node0 = node::start(0, &dir.path().join("node0"), block.addr(1), Some(&p0));
+    let node0 = node::start(0, &dir.join("node0"), block.addr(1), Some(&p0));
     let id0 = node0.expect_id(START_TIMEOUT).await;
     node0.expect_line("NODE_READY", START_TIMEOUT).await;
     let host0 = block.host(1);
@@ -203,13 +201,67 @@ async fn decommission_crashes_converge() {
         .into_inner()
         .cluster_directory
         .expect("directory");
-    let params = dir.path().join("register.pb");
+    let params = dir.join("register.pb");
     std::fs::write(
         &params,
         register_params(directory, ticket, ca).encode_to_vec(),
     )
     .expect("write");
+    (node0, mgmt, params)
+}
 
+/// A registering node killed between sealing its configuration and writing its cluster
+/// directory (after CommitNode: it is UP in the cluster) boots from the directory of its
+/// parameters and joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_crash_between_seal_and_directory_boots() {
+    let block = LoopbackBlock::allocate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node0, mut mgmt, params) = cluster_for_registration(&block, dir.path()).await;
+    let state = dir.path().join("node1");
+    let point = "node::enrol::after_seal";
+    let n = start_with_failpoints(
+        1,
+        &state,
+        block.addr(2),
+        Some(&params),
+        &format!("{point}=return"),
+    );
+    let id = n.expect_id(START_TIMEOUT).await;
+    approve(&n, &mut mgmt).await;
+    expect_crash(&n, point).await;
+    assert!(
+        sealed_configuration(&state).is_some(),
+        "sealed before the crash"
+    );
+    assert!(
+        cluster_directory(&state).is_none(),
+        "cut before the directory"
+    );
+    drop(n);
+
+    let n = node::start(1, &state, block.addr(2), None);
+    n.expect_line("Joined the cluster.", START_TIMEOUT).await;
+    assert_eq!(n.expect_id(START_TIMEOUT).await, id);
+    n.expect_line("NODE_READY", START_TIMEOUT).await;
+    let directory = cluster_directory(&state).expect("cluster directory restored on boot");
+    assert!(
+        directory
+            .nodes
+            .iter()
+            .any(|d| d.addresses.iter().any(|a| a.host == block.host(1))),
+        "{directory:?}"
+    );
+    drop(node0);
+}
+
+/// Decommissioning with a crash in the middle of the wipe, and one after it: every restart
+/// converges to a wiped node that stays gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decommission_crashes_converge() {
+    let block = LoopbackBlock::allocate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (node0, mut mgmt, params) = cluster_for_registration(&block, dir.path()).await;
     let state1 = dir.path().join("node1");
     let midway = "node::decommission::wipe_midway";
     let n1 = start_with_failpoints(

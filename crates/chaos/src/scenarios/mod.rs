@@ -10,12 +10,10 @@
 //! | 5 | leader SIGSTOPped for 2 × TTL | SIGSTOP → the others' new leader serves |
 //! | 6 | state directory on a full filesystem; etcd NOSPACE | space freed → HEALTHY and caught up; alarm → writes again |
 //! | 7 | packet loss (and delay, where the kernel has netem) | - (writes' worst latency noted) |
-//!
-//! Scenario 8 (failpoints in kill/restart loops, once the crates have failpoints) has a slot
-//! in [`Scenario`] but no runs yet: [`Scenario::run`] reports it as not implemented rather
-//! than passing.
+//! | 8 | failpoints in kill/restart cycles (one cluster) | crash → the process serves again |
 
 mod disk;
+mod failpoints;
 mod faults;
 mod registrations;
 mod restarts;
@@ -81,6 +79,8 @@ impl Scenario {
     pub fn default_runs(self) -> u32 {
         match self {
             Scenario::ColdRestarts => 20,
+            // Failpoints alternate between odd and even cycles: two of each.
+            Scenario::Failpoints => 4,
             _ => 3,
         }
     }
@@ -111,10 +111,25 @@ impl Scenario {
                     }
                 }
             }
+            // One cluster for all cycles; each cycle brings a fresh machine.
             Scenario::Failpoints => {
-                outcome
-                    .notes
-                    .push("not implemented yet: no runs (this row counts as failed)".to_string());
+                let result = bounded(
+                    RUN_LIMIT + Duration::from_secs(240) * runs,
+                    failpoints::cycles(runs),
+                )
+                .await;
+                match result {
+                    Ok(cycles) => {
+                        outcome.runs = cycles.runs;
+                        outcome.passed = cycles.passed;
+                        outcome.worst_recovery = cycles.worst;
+                        outcome.notes = cycles.notes;
+                    }
+                    Err(e) => {
+                        outcome.runs = runs;
+                        outcome.notes.push(format!("FAILED: {e}"));
+                    }
+                }
             }
             _ => {
                 for run in 1..=runs {

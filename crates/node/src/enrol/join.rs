@@ -20,6 +20,7 @@
 //! (`crate::roleserve::trust`) with the cluster CRL it fetches from every curator of its
 //! directory; the CRL persisted in the data directory is added once that is unlocked.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -181,6 +182,25 @@ fn enrolment_directory(rs: &Roleserve, params: &NodeParameters) -> Result<Cluste
     }
 }
 
+/// This node's own curator, for a node that ran an etcd member before (its node ID is its
+/// etcd peer key's): its curator may be the leader, and a leader that never reported an
+/// address (a first boot cut before the node's status push, e.g. bootstrap cut after sealing)
+/// is otherwise unreachable to the leader channel, which would wait for an address forever.
+fn own_curator(rs: &Roleserve) -> HashMap<String, String> {
+    let env = &rs.env;
+    if !crate::roleserve::controlplane::local_state_present(env) {
+        return HashMap::new();
+    }
+    match SigningKey::load(&crate::roleserve::controlplane::peer_key_path(env)) {
+        Ok(key) => HashMap::from([(key.public_key().node_id(), env.curator_endpoint())]),
+        Err(e) => {
+            // Only the shortcut to its own curator is lost; other curators still answer.
+            tracing::warn!("cannot read the etcd peer key to reach the local curator: {e}");
+            HashMap::new()
+        }
+    }
+}
+
 /// JoinNode until the cluster answers; returns the CUK.
 async fn join_node(
     rs: &Roleserve,
@@ -190,6 +210,7 @@ async fn join_node(
 ) -> Result<Vec<u8>, Exit> {
     let ca = crl.ca().to_vec();
     let options = LeaderOptions {
+        local_overrides: own_curator(rs),
         crl: Some(crl.clone()),
         leader_check: Some(rs.leader_check()),
         ..LeaderOptions::default()

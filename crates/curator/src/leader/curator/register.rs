@@ -245,9 +245,12 @@ pub(super) async fn commit_node(
     node::set_state(l, &mut record, NodeState::Up).await?;
     tracing::info!("node {id} committed (UP)");
     // A reply lost after the save (the node then repeats its CommitNode).
-    fail::fail_point!("curator::commit_node::after_save", |_| Err(
-        Status::unavailable("failpoint curator::commit_node::after_save")
-    ));
+    fail::fail_point!("curator::commit_node::after_save", |arg| {
+        crate::failpoint::exit_if_asked("curator::commit_node::after_save", arg.as_deref());
+        Err(Status::unavailable(
+            "failpoint curator::commit_node::after_save",
+        ))
+    });
     Ok(CommitNodeResponse {
         ca_certificate,
         node_certificate,

@@ -159,16 +159,22 @@ pub(crate) async fn finish_deletion(leader: &Leader, record: &NodeRecord) -> Res
         leader.revocations.revoke_serial(&serial);
     }
     leader.heartbeats.forget(id);
-    fail::fail_point!("curator::delete_node::after_tombstone", |_| Err(
-        Status::cancelled("failpoint curator::delete_node::after_tombstone")
-    ));
+    fail::fail_point!("curator::delete_node::after_tombstone", |arg| {
+        crate::failpoint::exit_if_asked("curator::delete_node::after_tombstone", arg.as_deref());
+        Err(Status::cancelled(
+            "failpoint curator::delete_node::after_tombstone",
+        ))
+    });
 
     // Also for nodes without the ConsensusMember role: it removes a learner left behind by
     // an interrupted UpdateNodeRoles, and is a no-op for non-members.
     let removal = async {
-        fail::fail_point!("curator::delete_node::remove_member", |_| Err(
-            consensus::Error::Process("failpoint curator::delete_node::remove_member".into())
-        ));
+        fail::fail_point!("curator::delete_node::remove_member", |arg| {
+            crate::failpoint::exit_if_asked("curator::delete_node::remove_member", arg.as_deref());
+            Err(consensus::Error::Process(
+                "failpoint curator::delete_node::remove_member".into(),
+            ))
+        });
         leader.consensus.remove_node(id).await
     };
     match removal.await {

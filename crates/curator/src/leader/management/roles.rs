@@ -60,9 +60,15 @@ async fn apply_role_change(
             added_member = true;
             // The handler cut between the learner and the role (a cancelled call, a deadline,
             // a leadership change): nothing after this point runs.
-            fail::fail_point!("curator::update_node_roles::after_learner_add", |_| Err(
-                Status::cancelled("failpoint curator::update_node_roles::after_learner_add")
-            ));
+            fail::fail_point!("curator::update_node_roles::after_learner_add", |arg| {
+                crate::failpoint::exit_if_asked(
+                    "curator::update_node_roles::after_learner_add",
+                    arg.as_deref(),
+                );
+                Err(Status::cancelled(
+                    "failpoint curator::update_node_roles::after_learner_add",
+                ))
+            });
         }
         Some(false) => {
             if !own_removal {
