@@ -27,8 +27,13 @@ pub fn install(esp: &Esp, from: Option<&Path>) -> Result<NodeParameters, String>
                 from.display()
             )
         })?;
-        esp.write_parameters_raw(&bytes)
-            .map_err(|e| format!("cannot install parameters: {e}"))?;
+        // Booting with the parameters already installed writes nothing: a node whose disk is
+        // full must still boot (and free space by compacting) rather than die on a rewrite.
+        let installed = std::fs::read(esp.path(crate::storage::esp::PARAMETERS)).ok();
+        if installed.as_deref() != Some(bytes.as_slice()) {
+            esp.write_parameters_raw(&bytes)
+                .map_err(|e| format!("cannot install parameters: {e}"))?;
+        }
     }
     match esp.parameters() {
         Ok(Some(p)) => Ok(p),
@@ -163,6 +168,40 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// Installing the parameters already installed leaves the file alone (same inode): a
+    /// rewrite on every boot made a node on a full disk fail to boot at all.
+    #[test]
+    fn installing_the_same_parameters_again_writes_nothing() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let esp = Esp::new(dir.path().join("esp"));
+        std::fs::create_dir_all(dir.path().join("esp")).expect("esp dir");
+        let given = dir.path().join("params.pb");
+        let params = NodeParameters {
+            cluster: Some(proto::api::node_parameters::Cluster::ClusterBootstrap(
+                ClusterBootstrap {
+                    owner_public_key: vec![7; 32],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        std::fs::write(&given, params.encode_to_vec()).expect("write");
+        let installed = esp.path(crate::storage::esp::PARAMETERS);
+        install(&esp, Some(&given)).expect("first install");
+        let inode = std::fs::metadata(&installed).expect("installed").ino();
+        assert_eq!(install(&esp, Some(&given)).expect("again"), params);
+        assert_eq!(std::fs::metadata(&installed).expect("still").ino(), inode);
+
+        let changed = NodeParameters::default();
+        std::fs::write(&given, changed.encode_to_vec()).expect("write");
+        assert_eq!(install(&esp, Some(&given)).expect("changed"), changed);
+        assert_ne!(
+            std::fs::metadata(&installed).expect("replaced").ino(),
+            inode
+        );
     }
 
     #[test]
