@@ -39,6 +39,8 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    // The stable entry point: boot the slot the boot state names (does not return then).
+    crate::update::loader::boot(&args.state_dir);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,6 +53,12 @@ pub fn main() -> i32 {
     };
     let code = runtime.block_on(run(args));
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    if code == ExitCode::Reboot.code() && crate::update::loader::kexec_requested() {
+        // Our kexec: the stopped node becomes the entry point again, same PID, which boots
+        // the new slot. If that fails the exit code still asks for a reboot.
+        let err = crate::update::loader::exec_entry();
+        eprintln!("metropolis-node: kexec failed ({err}); exiting for a reboot instead");
+    }
     code
 }
 
@@ -102,8 +110,9 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
         Err(e) => return Exit::fatal(format!("cannot prepare the state directory: {e}")),
     };
     tracing::info!(
-        "metropolis-node {} starting: state {}, address {}",
-        env!("CARGO_PKG_VERSION"),
+        "metropolis-node {} starting from {}: state {}, address {}",
+        crate::version::text(),
+        crate::update::slots::describe(crate::update::loader::running_slot()),
         layout.root.display(),
         args.address
     );
@@ -126,6 +135,7 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
         layout,
         address: args.address,
         etcd_binary: args.etcd,
+        update_ca: args.update_ca,
         leader_ttl: Duration::from_secs(args.leader_ttl),
         revocations: RevocationSet::new(),
         boot_id: boot_id(),

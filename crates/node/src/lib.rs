@@ -27,6 +27,8 @@ pub mod params;
 pub mod probe;
 pub mod roleserve;
 pub mod storage;
+pub mod update;
+pub mod version;
 
 pub use cli::Args;
 pub use exit::ExitCode;

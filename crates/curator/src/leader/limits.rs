@@ -28,6 +28,13 @@ pub const MAX_LOCAL_REQUEST_BYTES: usize = 64 << 10;
 /// characters) is accepted too.
 pub const MAX_BOOT_ID_BYTES: usize = 64;
 
+/// Most prerelease labels in a reported version (`rc1`, …; builds carry none or one).
+pub const MAX_VERSION_PRERELEASES: usize = 8;
+
+/// Longest prerelease label or commit hash in a reported version (a full SHA-256 commit hash
+/// has 64 hex digits).
+pub const MAX_VERSION_LABEL_CHARS: usize = 64;
+
 /// Most prefixes a node may announce in UpdateNodeClusterNetworking. A node routes its pod
 /// network prefixes and its own /32: a handful. Each one lands in the node's record and in
 /// every other node's routing table.
@@ -50,6 +57,27 @@ pub fn check_status(status: &NodeStatus) -> Result<(), Status> {
             "status.boot_id has {} bytes, at most {MAX_BOOT_ID_BYTES} are allowed",
             status.boot_id.len()
         )));
+    }
+    if let Some(v) = &status.version {
+        let prerelease = v.release.as_ref().map(|r| &r.prerelease[..]).unwrap_or(&[]);
+        if prerelease.len() > MAX_VERSION_PRERELEASES {
+            return Err(Status::invalid_argument(format!(
+                "status.version has {} prerelease labels, at most {MAX_VERSION_PRERELEASES} are allowed",
+                prerelease.len()
+            )));
+        }
+        let commit = v.git_information.as_ref().map(|g| g.commit_hash.as_str());
+        if let Some(long) = prerelease
+            .iter()
+            .map(String::as_str)
+            .chain(commit)
+            .find(|l| l.len() > MAX_VERSION_LABEL_CHARS)
+        {
+            return Err(Status::invalid_argument(format!(
+                "status.version has a label of {} bytes, at most {MAX_VERSION_LABEL_CHARS} are allowed",
+                long.len()
+            )));
+        }
     }
     Ok(())
 }
@@ -101,6 +129,29 @@ mod tests {
         assert!(check_status(&with(36)).is_ok());
         assert!(check_status(&with(MAX_BOOT_ID_BYTES)).is_ok());
         let err = check_status(&with(MAX_BOOT_ID_BYTES + 1)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn versions() {
+        use proto::version::spec::version::{GitInformation, Release};
+        let with = |labels: usize, commit: usize| NodeStatus {
+            version: Some(proto::Version {
+                release: Some(Release {
+                    prerelease: vec!["rc1".into(); labels],
+                    ..Default::default()
+                }),
+                git_information: Some(GitInformation {
+                    commit_hash: "a".repeat(commit),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        assert!(check_status(&with(1, 8)).is_ok());
+        assert!(check_status(&with(MAX_VERSION_PRERELEASES, MAX_VERSION_LABEL_CHARS)).is_ok());
+        assert!(check_status(&with(MAX_VERSION_PRERELEASES + 1, 8)).is_err());
+        let err = check_status(&with(0, MAX_VERSION_LABEL_CHARS + 1)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 

@@ -61,6 +61,8 @@ pub struct NodeEnv {
     pub etcd_binary: PathBuf,
     /// Curator leader lease TTL.
     pub leader_ttl: Duration,
+    /// Extra CA certificates (PEM file) trusted for update downloads.
+    pub update_ca: Option<PathBuf>,
     /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
     /// worker, and by the local curator where one runs).
     pub revocations: RevocationSet,
@@ -260,9 +262,11 @@ impl Roleserve {
         ))
     }
 
-    /// Prints `NODE_READY` once (the launcher waits for it): enrolled and status pushed.
+    /// Prints `NODE_READY` once (the launcher waits for it): enrolled and status pushed. A
+    /// boot of a newly installed slot is confirmed first: the node is back in its cluster.
     pub fn mark_ready(&self) {
         if !self.ready.swap(true, Ordering::SeqCst) {
+            crate::update::loader::confirm_boot(self.env.layout.esp.dir());
             crate::logs::printer::print("NODE_READY");
             tracing::info!("node ready: enrolled and status reported");
         }
