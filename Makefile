@@ -61,7 +61,7 @@ BUNDLE_VERSION ?=
 bundle:
 	$(CARGO) build --release -p node --bins
 	target/release/metropolis-bundle --binary target/release/metropolis-node --output $(BUNDLE) \
-	  $(if $(BUNDLE_VERSION),--version $(BUNDLE_VERSION))
+	  $(if $(BUNDLE_VERSION),--stamp-version $(BUNDLE_VERSION))
 
 # Benchmarks against raw etcd/PostgreSQL (release build, ~5 min); rewrites BENCHMARKS.md.
 # One scenario: `make bench BENCH=heartbeat`; smoke run: `make bench BENCH_ARGS=--quick`.

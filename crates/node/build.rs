@@ -31,7 +31,9 @@ fn main() {
             (commit, state)
         }
         None => {
-            println!("cargo:warning=not built from a git checkout: the node's version has no commit");
+            println!(
+                "cargo:warning=not built from a git checkout: the node's version has no commit"
+            );
             (String::new(), "unknown")
         }
     };
@@ -42,7 +44,12 @@ fn main() {
 /// Runs git in `dir`; its trimmed stdout on success, `None` when git is missing or fails (no
 /// checkout).
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -63,7 +70,10 @@ fn watch_git(dir: &Path) {
             if c.is_absolute() { c } else { dir.join(c) }
         })
         .unwrap_or(git_dir);
-    println!("cargo:rerun-if-changed={}", common.join("packed-refs").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        common.join("packed-refs").display()
+    );
     if let Some(branch) = git(dir, &["symbolic-ref", "-q", "HEAD"]) {
         println!("cargo:rerun-if-changed={}", common.join(branch).display());
     }

@@ -71,7 +71,9 @@ impl NodeView {
             tpm_usage: tpm_name(node.tpm_usage),
             time_since_heartbeat_seconds: heartbeat_seconds(node.time_since_heartbeat.as_ref()),
             running_curator: status.is_some_and(|s| s.running_curator.is_some()),
-            version: status.and_then(|s| s.version.as_ref()).map(|v| v.to_string()),
+            version: status
+                .and_then(|s| s.version.as_ref())
+                .map(|v| v.to_string()),
             labels,
         }
     }

@@ -75,14 +75,15 @@ pub async fn run(args: Args) -> i32 {
     };
     let exit = run_node(args, tree).await;
     match exit.code {
-        ExitCode::Stopped => tracing::info!("{}", exit.message),
+        // A requested reboot (or kexec) is a clean stop too.
+        ExitCode::Stopped | ExitCode::Reboot => tracing::info!("{}", exit.message),
         ExitCode::Gone => tracing::warn!("{}", exit.message),
         _ => tracing::error!("{}", exit.message),
     }
     if let Some(p) = printer {
         p.stop();
     }
-    if exit.code != ExitCode::Stopped {
+    if !matches!(exit.code, ExitCode::Stopped | ExitCode::Reboot) {
         eprintln!("metropolis-node: {}", exit.message);
     }
     exit.code.code()

@@ -18,8 +18,8 @@ use proto::api::get_logs_request::{BacklogMode, StreamMode};
 use proto::api::management_client::ManagementClient;
 use proto::api::node_management_client::NodeManagementClient;
 use proto::api::{
-    ApproveNodeRequest, DeleteNodeRequest, GetClusterInfoRequest, GetLogsRequest,
-    GetRegisterTicketRequest, delete_node_request,
+    ActivationMode, ApproveNodeRequest, DeleteNodeRequest, GetClusterInfoRequest, GetLogsRequest,
+    GetRegisterTicketRequest, UpdateNodeRequest, delete_node_request,
 };
 use proto::common::NodeStorageSecurity;
 use proto::common::cluster_configuration::StorageSecurityPolicy;
@@ -153,6 +153,21 @@ async fn nodemanagement_everywhere_refuses_a_deleted_node() {
         logs_code(node1_ip, &id1, &creds, &ca).await,
         Code::PermissionDenied
     );
+    // Nor update them (PERMISSION_UPDATE_NODE is not granted to node certificates): refused
+    // before anything is fetched.
+    let update = NodeManagementClient::new(common::channel(
+        &format!("{node1_ip}:7839"),
+        creds.clone(),
+        &ca,
+        &id1,
+    ))
+    .update_node(UpdateNodeRequest {
+        bundle_url: "https://127.0.0.1:1/bundle.tar".to_string(),
+        activation_mode: ActivationMode::ActivationKexec as i32,
+    })
+    .await
+    .expect_err("a node may not update another node");
+    assert_eq!(update.code(), Code::PermissionDenied, "{update:?}");
 
     mgmt.delete_node(DeleteNodeRequest {
         node: Some(delete_node_request::Node::Id(identity::node_id(

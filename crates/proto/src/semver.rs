@@ -59,7 +59,8 @@ impl Version {
                 git.get_or_insert_with(Default::default).build_tree_state =
                     BuildTreeState::Dirty as i32;
             } else if let Some(n) = dev {
-                git.get_or_insert_with(Default::default).commits_since_release = n;
+                git.get_or_insert_with(Default::default)
+                    .commits_since_release = n;
             } else if let Some(hash) = label.strip_prefix('g').filter(|h| is_hex(h)) {
                 git.get_or_insert_with(Default::default).commit_hash = hash.to_string();
             } else if git.is_none() {
@@ -129,7 +130,15 @@ mod tests {
         let git = v.git_information.expect("git");
         assert_eq!(git.commit_hash, "abc");
         assert_eq!(git.build_tree_state, BuildTreeState::Clean as i32);
-        for bad in ["", "1.2", "1.2.3.4", "a.b.c", "1.2.3-", "1.2.3-gabc-rc1", "1.2.3+meta"] {
+        for bad in [
+            "",
+            "1.2",
+            "1.2.3.4",
+            "a.b.c",
+            "1.2.3-",
+            "1.2.3-gabc-rc1",
+            "1.2.3+meta",
+        ] {
             assert!(Version::parse_semver(bad).is_none(), "{bad}");
         }
     }

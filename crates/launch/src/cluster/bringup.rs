@@ -56,7 +56,10 @@ impl Cluster {
                 ),
                 etcd: launch.options.etcd_binary.clone(),
                 leader_ttl: launch.options.leader_ttl,
-                extra_args: Vec::new(),
+                extra_args: match &launch.options.update_ca {
+                    Some(ca) => vec!["--update-ca".to_string(), ca.display().to_string()],
+                    None => Vec::new(),
+                },
                 env: Vec::new(),
                 wrapper: launch.options.wrapper(index),
                 echo: launch.options.echo_logs,

@@ -1,7 +1,7 @@
 //! `metropolis-bundle`: makes an update bundle (see `node::update::bundle`) from a built
 //! `metropolis-node`. The manifest's version is what the binary itself reports
 //! (`metropolis-node --version`), so a bundle cannot claim a version its binary does not run
-//! as. `--version` re-stamps the binary first (see `node::version`), e.g. to name a release or
+//! as. `--stamp-version` re-stamps the binary first (see `node::version`), e.g. to name a release or
 //! to give tests a "new" version of the same code.
 
 #![forbid(unsafe_code)]
@@ -28,7 +28,7 @@ struct Args {
     output: PathBuf,
     /// Re-stamp the binary with this version (`0.2.0-g1a2b3c4d`) before bundling it.
     #[arg(long)]
-    version: Option<String>,
+    stamp_version: Option<String>,
 }
 
 fn main() {
@@ -41,7 +41,7 @@ fn main() {
 fn run(args: Args) -> Result<()> {
     let mut binary = std::fs::read(&args.binary)
         .with_context(|| format!("reading {}", args.binary.display()))?;
-    let wanted = match &args.version {
+    let wanted = match &args.stamp_version {
         Some(text) => {
             let v = Version::parse_semver(text)
                 .with_context(|| format!("{text:?} is not a version like 0.2.0-g1a2b3c4d"))?;
@@ -91,5 +91,10 @@ fn reported_version(dir: &Path, binary: &[u8]) -> Result<Version> {
     text.trim()
         .strip_prefix("metropolis-node ")
         .and_then(Version::parse_semver)
-        .with_context(|| format!("the binary printed {:?}, not a metropolis-node version", text.trim()))
+        .with_context(|| {
+            format!(
+                "the binary printed {:?}, not a metropolis-node version",
+                text.trim()
+            )
+        })
 }

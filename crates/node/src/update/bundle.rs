@@ -286,7 +286,9 @@ pub fn read_into(input: impl Read, dir: &Path, limits: &Limits) -> Result<Manife
         )));
     }
     if !seen.contains(NODE_BINARY) {
-        return Err(BundleError::invalid(format!("no {NODE_BINARY} in the bundle")));
+        return Err(BundleError::invalid(format!(
+            "no {NODE_BINARY} in the bundle"
+        )));
     }
     Ok(manifest)
 }
@@ -493,10 +495,7 @@ mod tests {
             max_entries: 2,
             ..Limits::default()
         };
-        let three = bundle(&[
-            (NODE_BINARY, b"a", 0o755),
-            ("extra", b"b", 0o644),
-        ]);
+        let three = bundle(&[(NODE_BINARY, b"a", 0o755), ("extra", b"b", 0o644)]);
         let e = err(read(&three, &few).1);
         assert!(e.contains("more than 2 entries"), "{e}");
         assert!(read(&three, &Limits::default()).1.is_ok());
@@ -507,13 +506,23 @@ mod tests {
         for name in ["../metropolis-node", "/etc/passwd", "a/b", "..", "."] {
             let mut data = Vec::new();
             let binary: &[u8] = b"x";
-            raw_entry(&mut data, MANIFEST, &manifest_json(&[(NODE_BINARY, binary)]));
+            raw_entry(
+                &mut data,
+                MANIFEST,
+                &manifest_json(&[(NODE_BINARY, binary)]),
+            );
             raw_entry(&mut data, name, binary);
             data.extend_from_slice(&[0u8; 1024]);
             let (dir, r) = read(&data, &Limits::default());
             let e = err(r);
             assert!(e.contains("not a plain file name"), "{name}: {e}");
-            assert!(!dir.path().parent().expect("parent").join("metropolis-node").exists());
+            assert!(
+                !dir.path()
+                    .parent()
+                    .expect("parent")
+                    .join("metropolis-node")
+                    .exists()
+            );
         }
     }
 
@@ -522,7 +531,11 @@ mod tests {
         let binary: &[u8] = b"binary";
         // Not listed.
         let mut data = Vec::new();
-        raw_entry(&mut data, MANIFEST, &manifest_json(&[(NODE_BINARY, binary)]));
+        raw_entry(
+            &mut data,
+            MANIFEST,
+            &manifest_json(&[(NODE_BINARY, binary)]),
+        );
         raw_entry(&mut data, NODE_BINARY, binary);
         raw_entry(&mut data, "stowaway", b"x");
         data.extend_from_slice(&[0u8; 1024]);
@@ -540,12 +553,20 @@ mod tests {
         // The manifest must come first.
         let mut data = Vec::new();
         raw_entry(&mut data, NODE_BINARY, binary);
-        raw_entry(&mut data, MANIFEST, &manifest_json(&[(NODE_BINARY, binary)]));
+        raw_entry(
+            &mut data,
+            MANIFEST,
+            &manifest_json(&[(NODE_BINARY, binary)]),
+        );
         data.extend_from_slice(&[0u8; 1024]);
         assert!(err(read(&data, &Limits::default()).1).contains("first entry"));
         // A size that differs from the manifest's.
         let mut data = Vec::new();
-        raw_entry(&mut data, MANIFEST, &manifest_json(&[(NODE_BINARY, binary)]));
+        raw_entry(
+            &mut data,
+            MANIFEST,
+            &manifest_json(&[(NODE_BINARY, binary)]),
+        );
         raw_entry(&mut data, NODE_BINARY, b"binary!");
         data.extend_from_slice(&[0u8; 1024]);
         assert!(err(read(&data, &Limits::default()).1).contains("the manifest says"));

@@ -39,11 +39,7 @@ pub enum FetchError {
 
 impl FetchConfig {
     /// The system's CA certificates plus the PEM certificates in `extra_ca` (if given).
-    pub fn new(
-        extra_ca: Option<&Path>,
-        timeout: Duration,
-        max_bytes: u64,
-    ) -> Result<Self, String> {
+    pub fn new(extra_ca: Option<&Path>, timeout: Duration, max_bytes: u64) -> Result<Self, String> {
         let mut roots = RootCertStore::empty();
         // Unreadable system certificates only narrow whom we trust.
         let native = rustls_native_certs::load_native_certs();
@@ -53,8 +49,8 @@ impl FetchConfig {
         if let Some(path) = extra_ca {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("reading the update CA file {}: {e}", path.display()))?;
-            let certs = pem::parse_many(&pem)
-                .map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+            let certs =
+                pem::parse_many(&pem).map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
             let mut added = 0;
             for c in certs.iter().filter(|c| c.tag() == "CERTIFICATE") {
                 roots
@@ -124,8 +120,8 @@ async fn fetch(uri: &Uri, cfg: &FetchConfig, dest: &Path) -> Result<u64, FetchEr
     let tcp = tokio::net::TcpStream::connect((bare_host, port))
         .await
         .map_err(|e| failed(&format!("connecting to {host}:{port}"), &e))?;
-    let server_name = ServerName::try_from(bare_host.to_string())
-        .map_err(|e| failed("server name", &e))?;
+    let server_name =
+        ServerName::try_from(bare_host.to_string()).map_err(|e| failed("server name", &e))?;
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -45,7 +45,9 @@ pub struct Updater {
 
 impl std::fmt::Debug for Updater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Updater").field("slots", &self.slots).finish()
+        f.debug_struct("Updater")
+            .field("slots", &self.slots)
+            .finish()
     }
 }
 
@@ -79,7 +81,9 @@ impl Updater {
             })?;
         let uri = fetch::check_url(url).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let Ok(_busy) = self.busy.try_lock() else {
-            return Err(Status::aborted("another update is being installed on this node"));
+            return Err(Status::aborted(
+                "another update is being installed on this node",
+            ));
         };
         let running = loader::running_slot();
         tracing::info!(
@@ -110,9 +114,9 @@ impl Updater {
                 .map_err(|e| Status::internal(format!("installing: {e}")))?
                 .map_err(|e| match e {
                     SlotError::Refused(m) => Status::failed_precondition(m),
-                    SlotError::Bundle(b) => Status::invalid_argument(format!(
-                        "the bundle at {uri} was refused: {b}"
-                    )),
+                    SlotError::Bundle(b) => {
+                        Status::invalid_argument(format!("the bundle at {uri} was refused: {b}"))
+                    }
                     other => Status::internal(format!("installing the bundle: {other}")),
                 })
             }

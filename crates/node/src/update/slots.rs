@@ -340,7 +340,10 @@ mod tests {
         slots
             .install(Some(Slot::A), &bundle_of(b"three")[..], &Limits::default())
             .expect("install");
-        assert_eq!(std::fs::read(slots.binary(Slot::B)).expect("read"), b"three");
+        assert_eq!(
+            std::fs::read(slots.binary(Slot::B)).expect("read"),
+            b"three"
+        );
         assert_eq!(std::fs::read(slots.binary(Slot::A)).expect("read"), b"one");
         // No staging or old directories are left behind.
         let mut names: Vec<String> = std::fs::read_dir(slots.esp.clone())
