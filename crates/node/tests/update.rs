@@ -334,3 +334,59 @@ async fn update_node_none_kexec_reboot_and_refusals() {
     let state = slots.state().expect("boot state");
     assert_eq!((state.active, state.next), (Some(Slot::A), Some(Slot::A)));
 }
+
+/// The download is bounded in size (announced or not) and in time, and trusts only the
+/// system's CAs plus the configured one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_bounded_and_verified() {
+    use ::node::update::fetch::{FetchConfig, FetchError, check_url, fetch_to_file};
+
+    let block = LoopbackBlock::allocate();
+    let mirror = SocketAddr::from((block.addr(1), 8443));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_pem = serve_https(mirror, vec![("/big".to_string(), vec![7u8; 4096])]).await;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+    let url = check_url(&format!("https://{mirror}/big")).expect("url");
+
+    let fits = FetchConfig::new(Some(&ca_file), Duration::from_secs(30), 4096).expect("config");
+    let size = fetch_to_file(&url, &fits, &dir.path().join("ok"))
+        .await
+        .expect("download within bounds");
+    assert_eq!(size, 4096);
+    assert_eq!(std::fs::read(dir.path().join("ok")).expect("read").len(), 4096);
+
+    let small = FetchConfig::new(Some(&ca_file), Duration::from_secs(30), 4095).expect("config");
+    match fetch_to_file(&url, &small, &dir.path().join("big")).await {
+        Err(FetchError::Failed(m)) => assert!(m.contains("at most 4095"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Without the mirror's CA the server is not trusted.
+    let untrusted = FetchConfig::new(None, Duration::from_secs(30), 4096).expect("config");
+    match fetch_to_file(&url, &untrusted, &dir.path().join("untrusted")).await {
+        Err(FetchError::Failed(m)) => assert!(m.contains("TLS handshake"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+
+    // A server that accepts connections and never answers: the time bound ends it.
+    let silent = tokio::net::TcpListener::bind(SocketAddr::from((block.addr(2), 8443)))
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let quick = FetchConfig::new(Some(&ca_file), Duration::from_secs(1), 4096).expect("config");
+    let started = std::time::Instant::now();
+    let url = check_url(&format!("https://{silent_addr}/big")).expect("url");
+    match fetch_to_file(&url, &quick, &dir.path().join("silent")).await {
+        Err(FetchError::Failed(m)) => assert!(m.contains("within 1s"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    held.abort();
+}
