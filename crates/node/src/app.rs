@@ -117,6 +117,7 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
         layout.root.display(),
         args.address
     );
+    crate::update::loader::report_rollback(layout.esp.dir());
     // The curator and NodeManagement listeners at their connection caps.
     rpc::serve::raise_open_file_limit(
         curator::listener::MAX_CONNECTIONS + rpc::serve::MAX_CONNECTIONS,

@@ -354,7 +354,10 @@ async fn downloads_are_bounded_and_verified() {
         .await
         .expect("download within bounds");
     assert_eq!(size, 4096);
-    assert_eq!(std::fs::read(dir.path().join("ok")).expect("read").len(), 4096);
+    assert_eq!(
+        std::fs::read(dir.path().join("ok")).expect("read").len(),
+        4096
+    );
 
     let small = FetchConfig::new(Some(&ca_file), Duration::from_secs(30), 4095).expect("config");
     match fetch_to_file(&url, &small, &dir.path().join("big")).await {
@@ -389,4 +392,90 @@ async fn downloads_are_bounded_and_verified() {
     }
     assert!(started.elapsed() < Duration::from_secs(10));
     held.abort();
+}
+
+/// A bundle whose binary exits at once: the loader starts it at most MAX_BOOT_ATTEMPTS times
+/// (the launcher restarts the failing node like a machine that reboots on failure), then
+/// boots the previous binary again, which comes back on its old version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_never_boots_is_rolled_back() {
+    use ::node::update::bundle;
+    use ::node::update::loader::MAX_BOOT_ATTEMPTS;
+
+    let block = LoopbackBlock::allocate();
+    let node_ip = block.host(1);
+    let mirror = SocketAddr::from((block.addr(9), 8443));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken: &[u8] = b"#!/bin/sh\necho 'broken build' >&2\nexit 1\n";
+    let mut data = Vec::new();
+    let version = proto::Version::parse_semver("0.9.0").expect("version");
+    bundle::write(&mut data, &version, &[(bundle::NODE_BINARY, broken, 0o755)]).expect("bundle");
+    let ca_pem = serve_https(mirror, vec![("/broken.tar".to_string(), data)]).await;
+    let ca_file = dir.path().join("mirror-ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+
+    let owner = SigningKey::generate().expect("owner");
+    let params = write_params(
+        dir.path(),
+        &bootstrap_params(&owner, StorageSecurityPolicy::Permissive),
+    );
+    let node_dir = dir.path().join("node0");
+    let mut config = node::config(0, &node_dir, block.addr(1), Some(&params));
+    config.extra_args = vec!["--update-ca".into(), ca_file.display().to_string()];
+    config.restart = RestartPolicy::OnFailure;
+    let n = node::Node::new(config);
+    n.start().expect("start node");
+    let id = n.expect_id(START_TIMEOUT).await;
+    n.expect_line(node::READY_MARKER, START_TIMEOUT).await;
+    let ca = cluster_ca(&node_dir);
+    let cert = common::escrow(&node_ip, &owner, &ca, &id).await;
+    let mut mgmt = ManagementClient::new(common::owner_channel(
+        &node_ip, 7835, &owner, &cert, &ca, &id,
+    ));
+    let mut nm = NodeManagementClient::new(common::owner_channel(
+        &node_ip, 7839, &owner, &cert, &ca, &id,
+    ));
+    let built = reported_version(&mut mgmt, &id).await.expect("version");
+    let boot = n.boot();
+
+    nm.update_node(update(
+        &format!("https://{mirror}/broken.tar"),
+        ActivationMode::ActivationReboot,
+    ))
+    .await
+    .expect("UpdateNode REBOOT");
+    // One reboot into the slot, MAX_BOOT_ATTEMPTS failed starts, one more into the old binary.
+    let esp = node_dir.join("esp").join("metropolis");
+    let slots = Slots::new(&esp);
+    eventually(BACK_TIMEOUT, async || {
+        if n.boot() > boot + MAX_BOOT_ATTEMPTS && n.logs_contain("rolling back") {
+            Ok(())
+        } else {
+            Err(format!("boot {}, state {:?}", n.boot(), slots.state()))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    n.expect_line(node::READY_MARKER, START_TIMEOUT).await;
+    wait_for_version(&mut mgmt, &id, &built).await;
+    let broken_starts = n
+        .logs()
+        .iter()
+        .filter(|l| l.contains("broken build"))
+        .count();
+    assert_eq!(broken_starts as u32, MAX_BOOT_ATTEMPTS, "{}", n.tail(40));
+    let state = slots.state().expect("boot state");
+    assert_eq!((state.active, state.next), (None, None), "{state:?}");
+    assert_eq!(state.attempts, 0);
+    let rolled_back = state.rolled_back.expect("the rollback is recorded");
+    assert_eq!(
+        (rolled_back.slot, rolled_back.attempts),
+        (Slot::A, MAX_BOOT_ATTEMPTS)
+    );
+    // The node says so in its own log (the log tree the Logs RPC serves).
+    assert!(
+        n.logs_contain("rolled back: slot A was started 3 times"),
+        "{}",
+        n.tail(40)
+    );
 }

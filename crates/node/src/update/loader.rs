@@ -82,6 +82,13 @@ pub fn boot(state_dir: &Path) {
                 state.attempts,
                 slots::describe(state.active)
             );
+            if let Some(slot) = state.next {
+                state.rolled_back = Some(slots::RolledBack {
+                    slot,
+                    attempts: state.attempts,
+                    at_unix_seconds: slots::now_unix_seconds(),
+                });
+            }
             state.next = state.active;
             state.attempts = 0;
         } else {
@@ -139,6 +146,22 @@ pub fn confirm_boot(esp: &Path) {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot read the boot state: {e}"),
+    }
+}
+
+/// Logs (into the node's log tree) that the loader rolled back from a slot that never booted,
+/// if it did since the last install.
+pub fn report_rollback(esp: &Path) {
+    if let Ok(state) = Slots::new(esp).state()
+        && let Some(r) = state.rolled_back
+    {
+        tracing::warn!(
+            "rolled back: slot {} was started {} times without a successful boot and was \
+             abandoned; running {}",
+            r.slot,
+            r.attempts,
+            slots::describe(running_slot())
+        );
     }
 }
 

@@ -96,6 +96,29 @@ pub struct BootState {
     pub attempts: u32,
     /// The last confirmed boot.
     pub last_successful: Option<SuccessfulBoot>,
+    /// The last slot the loader gave up on, until the next install.
+    #[serde(default)]
+    pub rolled_back: Option<RolledBack>,
+}
+
+/// A slot that was abandoned because it never booted successfully.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolledBack {
+    /// The abandoned slot.
+    pub slot: Slot,
+    /// How often it was started.
+    pub attempts: u32,
+    /// When the loader gave up on it (seconds since the Unix epoch).
+    pub at_unix_seconds: u64,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl BootState {
@@ -261,6 +284,7 @@ impl Slots {
         sync_dir(&self.esp)?;
         state.next = Some(target);
         state.attempts = 0;
+        state.rolled_back = None;
         self.write_state(&state)?;
         Ok((target, manifest))
     }
@@ -268,10 +292,7 @@ impl Slots {
     /// Records that `slot` booted successfully: it becomes `active` (and stays `next`).
     pub fn confirm(&self, slot: Option<Slot>) -> Result<BootState, SlotError> {
         let mut state = self.state()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = now_unix_seconds();
         state.active = slot;
         if state.next == slot {
             state.attempts = 0;
@@ -405,6 +426,7 @@ mod tests {
                 slot: Some(Slot::A),
                 at_unix_seconds: 1_700_000_000,
             }),
+            rolled_back: None,
         };
         slots.write_state(&state).expect("write");
         // A write that died before its rename leaves only a temporary sibling behind: the
