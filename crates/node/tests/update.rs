@@ -7,7 +7,8 @@
 //! One node walks through: refusals that leave the slots alone (http://, an unreachable host,
 //! a bundle with a wrong digest), ACTIVATION_NONE (the new slot boots on the next start),
 //! ACTIVATION_KEXEC (same PID, back on the new version) and ACTIVATION_REBOOT (the node exits
-//! asking for a reboot and the launcher starts it again, into the new slot).
+//! asking for a reboot and the launcher starts it again, into the new slot), then Reboot:
+//! KEXEC with START_ROLLBACK (back to the other slot, same PID) and POWER_OFF.
 
 mod common;
 
@@ -25,7 +26,8 @@ use hyper_util::rt::TokioIo;
 use identity::SigningKey;
 use proto::api::management_client::ManagementClient;
 use proto::api::node_management_client::NodeManagementClient;
-use proto::api::{ActivationMode, GetNodesRequest, UpdateNodeRequest};
+use proto::api::reboot_request::{NextBoot, Type as RebootType};
+use proto::api::{ActivationMode, GetNodesRequest, RebootRequest, UpdateNodeRequest};
 use proto::common::cluster_configuration::StorageSecurityPolicy;
 use test_support::node::{self, RestartPolicy, TestNode};
 use test_support::{LoopbackBlock, eventually};
@@ -333,6 +335,52 @@ async fn update_node_none_kexec_reboot_and_refusals() {
     );
     let state = slots.state().expect("boot state");
     assert_eq!((state.active, state.next), (Some(Slot::A), Some(Slot::A)));
+
+    // Reboot KEXEC with START_ROLLBACK: back to slot B (the KEXEC version), same process.
+    let pid = n.pid().expect("pid");
+    let boot = n.boot();
+    nm.reboot(RebootRequest {
+        r#type: RebootType::Kexec as i32,
+        next_boot: NextBoot::StartRollback as i32,
+    })
+    .await
+    .expect("Reboot KEXEC START_ROLLBACK");
+    wait_for_version(&mut mgmt, &id, v_kexec).await;
+    assert_eq!(
+        (n.pid(), n.boot()),
+        (Some(pid), boot),
+        "kexec keeps the process"
+    );
+    let state = slots.state().expect("boot state");
+    assert_eq!((state.active, state.next), (Some(Slot::B), Some(Slot::B)));
+    // Unsupported combinations are refused without side effects.
+    let err = nm
+        .reboot(RebootRequest {
+            r#type: RebootType::Kexec as i32,
+            next_boot: NextBoot::StartFirmwareUi as i32,
+        })
+        .await
+        .expect_err("kexec into firmware UI");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let err = nm
+        .reboot(RebootRequest {
+            r#type: RebootType::Firmware as i32,
+            next_boot: NextBoot::StartFirmwareUi as i32,
+        })
+        .await
+        .expect_err("firmware UI");
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+
+    // POWER_OFF: a clean stop that nothing restarts.
+    nm.reboot(RebootRequest {
+        r#type: RebootType::PowerOff as i32,
+        next_boot: NextBoot::StartNormal as i32,
+    })
+    .await
+    .expect("Reboot POWER_OFF");
+    let exit = n.expect_exit(BACK_TIMEOUT).await;
+    assert_eq!(exit.code(), Some(node::EXIT_CLEAN), "{exit:?}");
+    assert_eq!(n.boot(), boot);
 }
 
 /// The download is bounded in size (announced or not) and in time, and trusts only the

@@ -9,7 +9,10 @@
 use futures::StreamExt;
 use logtree::LogTree;
 use proto::api::node_management_server::NodeManagement;
-use proto::api::{GetLogsRequest, GetLogsResponse, UpdateNodeRequest, UpdateNodeResponse};
+use proto::api::{
+    GetLogsRequest, GetLogsResponse, RebootRequest, RebootResponse, UpdateNodeRequest,
+    UpdateNodeResponse,
+};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
@@ -102,5 +105,19 @@ impl NodeManagement for NodeManagementService {
             .update(&req.bundle_url, req.activation_mode)
             .await
             .map(|()| Response::new(UpdateNodeResponse {}))
+    }
+
+    async fn reboot(
+        &self,
+        request: Request<RebootRequest>,
+    ) -> Result<Response<RebootResponse>, Status> {
+        let Some(updater) = &self.updater else {
+            return Err(Status::unimplemented("Reboot: this server cannot reboot"));
+        };
+        let req = request.into_inner();
+        updater
+            .reboot(req.r#type, req.next_boot)
+            .await
+            .map(|()| Response::new(RebootResponse {}))
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::api::ActivationMode;
+use proto::api::reboot_request::{NextBoot, Type as RebootType};
 use tonic::Status;
 
 use crate::exit::{Exit, ExitCode};
@@ -142,6 +143,71 @@ impl Updater {
                     message: format!("kexec into slot {slot} (version {version})"),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Reboot: restart (FIRMWARE), replace in place (KEXEC) or stop for good (POWER_OFF),
+    /// booting the other slot next with START_ROLLBACK.
+    pub async fn reboot(&self, kind: i32, next_boot: i32) -> Result<(), Status> {
+        let kind = RebootType::try_from(kind)
+            .ok()
+            .filter(|k| *k != RebootType::Invalid)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "type {kind} is not TYPE_FIRMWARE, TYPE_KEXEC or TYPE_POWER_OFF"
+                ))
+            })?;
+        let next_boot = NextBoot::try_from(next_boot)
+            .map_err(|_| Status::unimplemented(format!("next_boot {next_boot} is not known")))?;
+        match (kind, next_boot) {
+            (RebootType::Kexec, NextBoot::StartFirmwareUi) => {
+                return Err(Status::invalid_argument(
+                    "a kexec cannot start the firmware's setup interface",
+                ));
+            }
+            (_, NextBoot::StartFirmwareUi) => {
+                return Err(Status::unimplemented(
+                    "this node has no firmware setup interface",
+                ));
+            }
+            _ => {}
+        }
+        let Ok(_busy) = self.busy.try_lock() else {
+            return Err(Status::aborted("an update is being installed on this node"));
+        };
+        let running = loader::running_slot();
+        let next = if next_boot == NextBoot::StartRollback {
+            let slots = self.slots.clone();
+            let target = tokio::task::spawn_blocking(move || slots.roll_back(running))
+                .await
+                .map_err(|e| Status::internal(format!("rolling back: {e}")))?
+                .map_err(|e| match e {
+                    SlotError::Refused(m) => Status::failed_precondition(m),
+                    other => Status::internal(format!("rolling back: {other}")),
+                })?;
+            tracing::info!("Reboot: the next start boots {}", slots::describe(target));
+            target
+        } else {
+            running
+        };
+        let to = slots::describe(next);
+        match kind {
+            RebootType::Firmware | RebootType::Invalid => self.stop_later(Exit {
+                code: ExitCode::Reboot,
+                message: format!("rebooting into {to} (Reboot)"),
+            }),
+            RebootType::Kexec => {
+                loader::request_kexec();
+                self.stop_later(Exit {
+                    code: ExitCode::Reboot,
+                    message: format!("kexec into {to} (Reboot)"),
+                });
+            }
+            RebootType::PowerOff => self.stop_later(Exit {
+                code: ExitCode::Stopped,
+                message: "powered off (Reboot with TYPE_POWER_OFF)".to_string(),
+            }),
         }
         Ok(())
     }

@@ -289,6 +289,27 @@ impl Slots {
         Ok((target, manifest))
     }
 
+    /// Makes the next start boot the other system than `running`: the other slot if it holds
+    /// a binary, else the base binary; returns it. Like an install, the target is then on
+    /// probation until it boots successfully. Refused when there is nothing else to boot.
+    pub fn roll_back(&self, running: Option<Slot>) -> Result<Option<Slot>, SlotError> {
+        let other = Slot::other(running);
+        let target = if self.binary(other).is_file() && Some(other) != running {
+            Some(other)
+        } else if running.is_some() {
+            None
+        } else {
+            return Err(SlotError::Refused(
+                "nothing to roll back to: no update was ever installed".to_string(),
+            ));
+        };
+        let mut state = self.state()?;
+        state.next = target;
+        state.attempts = 0;
+        self.write_state(&state)?;
+        Ok(target)
+    }
+
     /// Records that `slot` booted successfully: it becomes `active` (and stays `next`).
     pub fn confirm(&self, slot: Option<Slot>) -> Result<BootState, SlotError> {
         let mut state = self.state()?;
