@@ -78,7 +78,11 @@ pub fn stamp(binary: &[u8], version: &Version) -> Vec<u8> {
 pub fn read_stamp(tail: &[u8]) -> Option<Version> {
     let (len, _) = stamp_bounds(tail)?;
     let end = tail.len() - STAMP_MAGIC.len() - 4;
-    Version::decode(&tail[end - len..end]).ok()
+    // A version the curator would refuse in every status report is no version to run as:
+    // the node could never confirm its boot.
+    Version::decode(&tail[end - len..end])
+        .ok()
+        .filter(|v| v.check_bounds().is_ok())
 }
 
 /// `binary` without its stamp.
@@ -147,6 +151,23 @@ mod tests {
         bogus.extend_from_slice(&1000u32.to_le_bytes());
         bogus.extend_from_slice(STAMP_MAGIC);
         assert_eq!(read_stamp(&bogus), None);
+    }
+
+    #[test]
+    fn stamps_out_of_the_curators_bounds_are_ignored() {
+        let binary = b"\x7fELF pretend binary".to_vec();
+        let long = format!(
+            "0.2.0-{}",
+            "x".repeat(proto::semver::MAX_VERSION_LABEL_CHARS + 1)
+        );
+        let v = Version::parse_semver(&long).expect("parse");
+        assert_eq!(read_stamp(&stamp(&binary, &v)), None);
+        let many = format!(
+            "0.2.0{}",
+            "-rc".repeat(proto::semver::MAX_VERSION_PRERELEASES + 1)
+        );
+        let v = Version::parse_semver(&many).expect("parse");
+        assert_eq!(read_stamp(&stamp(&binary, &v)), None);
     }
 
     fn y_len(data: &[u8]) -> usize {

@@ -12,7 +12,7 @@
 include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 
 pub mod authz;
-mod semver;
+pub mod semver;
 
 /// Encoded `FileDescriptorSet` of every proto, with custom options and source info, for gRPC
 /// server reflection and for reading method options at run time.

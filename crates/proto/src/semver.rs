@@ -29,7 +29,49 @@ impl fmt::Display for Version {
     }
 }
 
+/// Most prerelease labels in a version (`rc1`, …; builds carry none or one). The curator
+/// refuses node statuses whose version breaks these bounds, so a node must never run as such
+/// a version (it could not report its status, nor confirm an update).
+pub const MAX_VERSION_PRERELEASES: usize = 8;
+
+/// Longest prerelease label or commit hash in a version (a full SHA-256 commit hash has 64
+/// hex digits).
+pub const MAX_VERSION_LABEL_CHARS: usize = 64;
+
 impl Version {
+    /// Checks the bounds a node's version must keep ([`MAX_VERSION_PRERELEASES`],
+    /// [`MAX_VERSION_LABEL_CHARS`]); the error says which one is broken (`has 9 prerelease
+    /// labels, …`), to be prefixed with what the version is.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let prerelease = self
+            .release
+            .as_ref()
+            .map(|r| &r.prerelease[..])
+            .unwrap_or(&[]);
+        if prerelease.len() > MAX_VERSION_PRERELEASES {
+            return Err(format!(
+                "has {} prerelease labels, at most {MAX_VERSION_PRERELEASES} are allowed",
+                prerelease.len()
+            ));
+        }
+        let commit = self
+            .git_information
+            .as_ref()
+            .map(|g| g.commit_hash.as_str());
+        if let Some(long) = prerelease
+            .iter()
+            .map(String::as_str)
+            .chain(commit)
+            .find(|l| l.len() > MAX_VERSION_LABEL_CHARS)
+        {
+            return Err(format!(
+                "has a label of {} bytes, at most {MAX_VERSION_LABEL_CHARS} are allowed",
+                long.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses the form [`Display`](fmt::Display) writes. Labels other than `dev<N>`,
     /// `g<hex>` and `dirty` are prerelease labels; build metadata (`+…`) is not supported.
     pub fn parse_semver(text: &str) -> Option<Version> {

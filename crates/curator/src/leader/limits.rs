@@ -28,13 +28,6 @@ pub const MAX_LOCAL_REQUEST_BYTES: usize = 64 << 10;
 /// characters) is accepted too.
 pub const MAX_BOOT_ID_BYTES: usize = 64;
 
-/// Most prerelease labels in a reported version (`rc1`, …; builds carry none or one).
-pub const MAX_VERSION_PRERELEASES: usize = 8;
-
-/// Longest prerelease label or commit hash in a reported version (a full SHA-256 commit hash
-/// has 64 hex digits).
-pub const MAX_VERSION_LABEL_CHARS: usize = 64;
-
 /// Most prefixes a node may announce in UpdateNodeClusterNetworking. A node routes its pod
 /// network prefixes and its own /32: a handful. Each one lands in the node's record and in
 /// every other node's routing table.
@@ -59,25 +52,8 @@ pub fn check_status(status: &NodeStatus) -> Result<(), Status> {
         )));
     }
     if let Some(v) = &status.version {
-        let prerelease = v.release.as_ref().map(|r| &r.prerelease[..]).unwrap_or(&[]);
-        if prerelease.len() > MAX_VERSION_PRERELEASES {
-            return Err(Status::invalid_argument(format!(
-                "status.version has {} prerelease labels, at most {MAX_VERSION_PRERELEASES} are allowed",
-                prerelease.len()
-            )));
-        }
-        let commit = v.git_information.as_ref().map(|g| g.commit_hash.as_str());
-        if let Some(long) = prerelease
-            .iter()
-            .map(String::as_str)
-            .chain(commit)
-            .find(|l| l.len() > MAX_VERSION_LABEL_CHARS)
-        {
-            return Err(Status::invalid_argument(format!(
-                "status.version has a label of {} bytes, at most {MAX_VERSION_LABEL_CHARS} are allowed",
-                long.len()
-            )));
-        }
+        v.check_bounds()
+            .map_err(|e| Status::invalid_argument(format!("status.version {e}")))?;
     }
     Ok(())
 }
@@ -117,6 +93,7 @@ pub fn clip(s: &str) -> String {
 mod tests {
     use super::*;
     use proto::common::node_cluster_networking::Prefix;
+    use proto::semver::{MAX_VERSION_LABEL_CHARS, MAX_VERSION_PRERELEASES};
 
     #[test]
     fn boot_ids() {

@@ -45,6 +45,9 @@ fn run(args: Args) -> Result<()> {
         Some(text) => {
             let v = Version::parse_semver(text)
                 .with_context(|| format!("{text:?} is not a version like 0.2.0-g1a2b3c4d"))?;
+            // A node would ignore such a stamp (the curator refuses it in status reports).
+            v.check_bounds()
+                .map_err(|e| anyhow::anyhow!("the version {text:?} {e}"))?;
             binary = node::version::stamp(&binary, &v);
             Some(v)
         }

@@ -172,6 +172,9 @@ pub fn write(
     version: &Version,
     files: &[(&str, &[u8], u32)],
 ) -> Result<(), BundleError> {
+    version
+        .check_bounds()
+        .map_err(|e| BundleError::invalid(format!("the version {version} {e}")))?;
     let manifest = Manifest {
         version: ManifestVersion::from_proto(version),
         files: files
@@ -211,9 +214,13 @@ pub fn write(
 /// the caller discards the directory.
 pub fn read_into(input: impl Read, dir: &Path, limits: &Limits) -> Result<Manifest, BundleError> {
     let mut archive = tar::Archive::new(input);
+    // Raw entries: tar would otherwise read GNU long-name/long-link and pax headers (of any
+    // size) into memory before we see an entry. Bundles are plain ustar with short names, so
+    // such headers come through as entries of their own and are refused below.
     let entries = archive
         .entries()
-        .map_err(|e| BundleError::invalid(format!("not a tar file: {e}")))?;
+        .map_err(|e| BundleError::invalid(format!("not a tar file: {e}")))?
+        .raw(true);
     let mut manifest: Option<Manifest> = None;
     let mut seen = BTreeSet::new();
     let mut total: u64 = 0;
@@ -334,6 +341,12 @@ fn read_manifest(entry: &mut impl Read, size: u64) -> Result<Manifest, BundleErr
         .map_err(|e| BundleError::invalid(format!("reading the manifest: {e}")))?;
     let manifest: Manifest = serde_json::from_slice(&buf)
         .map_err(|e| BundleError::invalid(format!("the manifest is not valid: {e}")))?;
+    // A node running such a version could not report its status, so never confirm its boot.
+    manifest
+        .version
+        .to_proto()
+        .check_bounds()
+        .map_err(|e| BundleError::invalid(format!("the manifest's version {e}")))?;
     for f in &manifest.files {
         check_name(&f.path)?;
         if f.path == MANIFEST {
@@ -574,6 +587,61 @@ mod tests {
         assert!(read(b"garbage", &Limits::default()).1.is_err());
         let no_node = bundle(&[("other", b"x", 0o644)]);
         assert!(err(read(&no_node, &Limits::default()).1).contains("no metropolis-node"));
+    }
+
+    #[test]
+    fn versions_out_of_the_curators_bounds_are_refused() {
+        let long = format!(
+            "0.2.0-{}",
+            "x".repeat(proto::semver::MAX_VERSION_LABEL_CHARS + 1)
+        );
+        let v = Version::parse_semver(&long).expect("parse");
+        let mut out = Vec::new();
+        let e = write(&mut out, &v, &[(NODE_BINARY, b"x", 0o755)]).expect_err("refused");
+        assert!(e.to_string().contains("at most"), "{e}");
+        // A manifest written by something else is refused on reading.
+        let binary: &[u8] = b"binary";
+        let mut manifest: Manifest =
+            serde_json::from_slice(&manifest_json(&[(NODE_BINARY, binary)])).expect("json");
+        manifest.version = ManifestVersion::from_proto(&v);
+        let mut data = Vec::new();
+        raw_entry(
+            &mut data,
+            MANIFEST,
+            &serde_json::to_vec(&manifest).expect("json"),
+        );
+        raw_entry(&mut data, NODE_BINARY, binary);
+        data.extend_from_slice(&[0u8; 1024]);
+        assert!(err(read(&data, &Limits::default()).1).contains("manifest's version"));
+    }
+
+    #[test]
+    fn gnu_long_name_headers_are_refused() {
+        // A GNU long-name header names the entry after it; tar would read its data (of any
+        // size) into memory before we see an entry. The bundle is valid otherwise.
+        let long_name = |out: &mut Vec<u8>, name: &str| {
+            let mut header = tar::Header::new_gnu();
+            header.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"././@LongLink");
+            header.set_size(name.len() as u64 + 1);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::GNULongName);
+            header.set_cksum();
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        };
+        let binary: &[u8] = b"binary";
+        let mut data = Vec::new();
+        long_name(&mut data, MANIFEST);
+        raw_entry(&mut data, "x", &manifest_json(&[(NODE_BINARY, binary)]));
+        raw_entry(&mut data, NODE_BINARY, binary);
+        data.extend_from_slice(&[0u8; 1024]);
+        let e = err(read(&data, &Limits::default()).1);
+        assert!(
+            e.contains("not a plain file name") || e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     #[test]
