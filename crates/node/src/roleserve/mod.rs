@@ -121,6 +121,9 @@ pub struct Roleserve {
     consensus: watch::Sender<Option<consensus::Status>>,
     outcome: mpsc::UnboundedSender<Outcome>,
     ready: AtomicBool,
+    /// The node's one updater (made by the first `nodemgmt` run): its lock must outlive
+    /// restarts of that worker, since an install goes on after the worker is gone.
+    updater: std::sync::Mutex<Option<Arc<crate::update::Updater>>>,
 }
 
 impl std::fmt::Debug for Roleserve {
@@ -146,7 +149,22 @@ impl Roleserve {
             consensus: watch::Sender::new(None),
             outcome,
             ready: AtomicBool::new(false),
+            updater: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The node's updater, made with `make` on first use.
+    pub fn updater(
+        &self,
+        make: impl FnOnce() -> Result<Arc<crate::update::Updater>, String>,
+    ) -> Result<Arc<crate::update::Updater>, String> {
+        let mut held = self.updater.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = &*held {
+            return Ok(u.clone());
+        }
+        let u = make()?;
+        *held = Some(u.clone());
+        Ok(u)
     }
 
     /// Asks the process to end (first request wins; later ones are ignored by the receiver).

@@ -50,18 +50,25 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
         .map_err(|e| format!("binding {addr}: {e}"))?;
     let tls = rpc::server_tls::server_config(&m.credentials)?;
     let security = ServerSecurity::new(m.credentials.ca().to_vec(), rs.env.revocations.clone());
-    let fetch = FetchConfig::new(
-        rs.env.update_ca.as_deref(),
-        update::DOWNLOAD_TIMEOUT,
-        Limits::default().max_total_bytes + BUNDLE_SLACK_BYTES,
-    )?;
-    let stopper = rs.clone();
-    let updater = Updater::new(
-        Slots::new(rs.env.layout.esp.dir()),
-        fetch,
-        Limits::default(),
-        move |exit| stopper.exit(exit),
-    );
+    let updater = rs.updater(|| {
+        let fetch = FetchConfig::new(
+            rs.env.update_ca.as_deref(),
+            update::DOWNLOAD_TIMEOUT,
+            Limits::default().max_total_bytes + BUNDLE_SLACK_BYTES,
+        )?;
+        // Weak: the updater lives in the Roleserve it stops.
+        let stopper = Arc::downgrade(&rs);
+        Ok(Updater::new(
+            Slots::new(rs.env.layout.esp.dir()),
+            fetch,
+            Limits::default(),
+            move |exit| {
+                if let Some(rs) = stopper.upgrade() {
+                    rs.exit(exit);
+                }
+            },
+        ))
+    })?;
     let service = NodeManagementService::new(ctx.logtree().clone()).with_updater(updater);
     tracing::info!("NodeManagement serving on {addr}");
     ctx.signal_healthy();

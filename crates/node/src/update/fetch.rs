@@ -94,7 +94,28 @@ pub fn check_url(url: &str) -> Result<Uri, FetchError> {
             "bundle_url {shown:?} has no host"
         )));
     }
+    // Credentials in the URL would be sent nowhere useful (we do no HTTP authentication) and
+    // would end up in logs; the message does not quote them.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(FetchError::InvalidUrl(format!(
+            "bundle_url {:?} holds credentials (user@ or user:password@), which are not \
+             supported",
+            redacted(&uri)
+        )));
+    }
     Ok(uri)
+}
+
+/// `uri` as logs and error messages show it: scheme, host, port and path, without the query
+/// (which may carry access tokens).
+pub fn redacted(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    super::clip(&format!(
+        "{}://{host}{port}{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.path()
+    ))
 }
 
 /// Downloads `uri` into a new file at `dest`; returns its size. `dest` may be left behind
@@ -103,15 +124,17 @@ pub async fn fetch_to_file(uri: &Uri, cfg: &FetchConfig, dest: &Path) -> Result<
     match tokio::time::timeout(cfg.timeout, fetch(uri, cfg, dest)).await {
         Ok(r) => r,
         Err(_) => Err(FetchError::Failed(format!(
-            "downloading {uri}: no complete response within {}s",
+            "downloading {}: no complete response within {}s",
+            redacted(uri),
             cfg.timeout.as_secs()
         ))),
     }
 }
 
 async fn fetch(uri: &Uri, cfg: &FetchConfig, dest: &Path) -> Result<u64, FetchError> {
+    let shown = redacted(uri);
     let failed = |what: &str, e: &dyn std::fmt::Display| {
-        FetchError::Failed(format!("downloading {uri}: {what}: {e}"))
+        FetchError::Failed(format!("downloading {shown}: {what}: {e}"))
     };
     let host = uri.host().unwrap_or_default();
     // IPv6 literals come bracketed in URLs.
@@ -141,9 +164,13 @@ async fn fetch(uri: &Uri, cfg: &FetchConfig, dest: &Path) -> Result<u64, FetchEr
         let _ = conn.await;
     });
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = uri.authority().map_or(host, |a| a.as_str());
+    // Host is host[:port] only (check_url refused userinfo; this keeps it out regardless).
+    let host_header = match uri.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
     let request = http::Request::get(path)
-        .header(http::header::HOST, authority)
+        .header(http::header::HOST, host_header)
         .header(http::header::USER_AGENT, "metropolis-node")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| failed("request", &e))?;
@@ -154,7 +181,7 @@ async fn fetch(uri: &Uri, cfg: &FetchConfig, dest: &Path) -> Result<u64, FetchEr
             .map_err(|e| failed("request", &e))?;
         if response.status() != http::StatusCode::OK {
             return Err(FetchError::Failed(format!(
-                "downloading {uri}: the server answered {}",
+                "downloading {shown}: the server answered {}",
                 response.status()
             )));
         }
@@ -167,7 +194,7 @@ async fn fetch(uri: &Uri, cfg: &FetchConfig, dest: &Path) -> Result<u64, FetchEr
             && n > cfg.max_bytes
         {
             return Err(FetchError::Failed(format!(
-                "downloading {uri}: the bundle has {n} bytes, at most {} are accepted",
+                "downloading {shown}: the bundle has {n} bytes, at most {} are accepted",
                 cfg.max_bytes
             )));
         }
@@ -188,7 +215,7 @@ async fn fetch(uri: &Uri, cfg: &FetchConfig, dest: &Path) -> Result<u64, FetchEr
             size += data.len() as u64;
             if size > cfg.max_bytes {
                 return Err(FetchError::Failed(format!(
-                    "downloading {uri}: the bundle is larger than {} bytes",
+                    "downloading {shown}: the bundle is larger than {} bytes",
                     cfg.max_bytes
                 )));
             }
@@ -200,7 +227,7 @@ async fn fetch(uri: &Uri, cfg: &FetchConfig, dest: &Path) -> Result<u64, FetchEr
             && n != size
         {
             return Err(FetchError::Failed(format!(
-                "downloading {uri}: the connection ended after {size} of {n} bytes"
+                "downloading {shown}: the connection ended after {size} of {n} bytes"
             )));
         }
         file.sync_all()
@@ -228,11 +255,23 @@ mod tests {
             "/tmp/b.tar",
             "",
             "https:///b.tar",
+            "https://user:secret@mirror.example/b.tar",
+            "https://token@mirror.example/b.tar",
         ] {
             match check_url(bad) {
-                Err(FetchError::InvalidUrl(m)) => assert!(m.contains("bundle_url"), "{m}"),
+                Err(FetchError::InvalidUrl(m)) => {
+                    assert!(m.contains("bundle_url"), "{m}");
+                    assert!(!m.contains("secret") && !m.contains("token"), "{m}");
+                }
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn shown_urls_carry_no_query() {
+        let uri = check_url("https://mirror.example:8443/b/bundle.tar?X-Amz-Signature=secret")
+            .expect("url");
+        assert_eq!(redacted(&uri), "https://mirror.example:8443/b/bundle.tar");
     }
 }

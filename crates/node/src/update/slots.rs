@@ -29,6 +29,8 @@ use super::bundle::{self, BundleError, Limits, Manifest, NODE_BINARY};
 
 /// File name of the boot state.
 pub const BOOT_STATE: &str = "boot_state.json";
+/// File name of a bundle being downloaded.
+pub const DOWNLOAD: &str = "bundle.download";
 /// Largest boot state file read (it has a few lines).
 const MAX_BOOT_STATE_BYTES: u64 = 16 << 10;
 
@@ -228,6 +230,18 @@ impl Slots {
         Ok(())
     }
 
+    /// Removes what an interrupted install leaves behind: a partial download and staged or
+    /// replaced slot directories (`slot-*.new`, `slot-*.old`). Neither is ever booted; call
+    /// only while no install runs.
+    pub fn discard_leftovers(&self) {
+        let _ = std::fs::remove_file(self.esp.join(DOWNLOAD));
+        for slot in [Slot::A, Slot::B] {
+            for suffix in ["new", "old"] {
+                bundle::discard(&self.esp.join(format!("{}.{suffix}", slot.dir_name())));
+            }
+        }
+    }
+
     /// Installs the bundle read from `input` into the slot that is not `running` and makes
     /// it the next to boot; returns that slot and the bundle's manifest. On any error the
     /// boot state is as it was and the running slot untouched; the other slot may have been
@@ -249,9 +263,21 @@ impl Slots {
         let target = Slot::other(running);
         // Something installed earlier but never booted may sit in the target: stop pointing
         // at it before it is replaced.
+        // The target may also be `active` while something else runs (the base binary after
+        // the active slot failed to start, or after a rollback to the base that was not
+        // confirmed yet): it stops being `active` too, so the new build goes on probation
+        // instead of counting as known good (and never being rolled back).
+        let mut changed = false;
+        if state.active == Some(target) {
+            state.active = running;
+            changed = true;
+        }
         if state.next == Some(target) {
             state.next = state.active;
             state.attempts = 0;
+            changed = true;
+        }
+        if changed {
             self.write_state(&state)?;
         }
         crate::storage::create_dir(&self.esp).map_err(|e| SlotError::Refused(e.to_string()))?;
@@ -271,6 +297,8 @@ impl Slots {
             reason: e.to_string(),
         })?;
         identity::files::write_atomic(&staging.join(bundle::MANIFEST), &json, 0o644)?;
+        // The staged files' directory entries must be durable before the rename publishes them.
+        sync_dir(&staging)?;
         // Swap the staged slot in: the old contents of the target go first (it is not
         // running and not `next`), then the complete new one takes its name.
         let old = self.esp.join(format!("{}.old", target.dir_name()));
@@ -434,6 +462,46 @@ mod tests {
             .install(Some(Slot::B), &bundle_of(b"c")[..], &Limits::default())
             .expect("install after confirmation");
         assert_eq!(slot, Slot::A);
+    }
+
+    #[test]
+    fn installing_over_the_active_slot_from_the_base_puts_it_on_probation() {
+        let (_dir, slots) = slots();
+        slots
+            .install(None, &bundle_of(b"a")[..], &Limits::default())
+            .expect("install");
+        slots.confirm(Some(Slot::A)).expect("confirm");
+        // The base binary runs although A is active (A failed to start, or a rollback to the
+        // base is not confirmed yet): an install goes to A, which must not stay `active`, or
+        // the new build would never be on probation and never be rolled back.
+        let (slot, _) = slots
+            .install(None, &bundle_of(b"new")[..], &Limits::default())
+            .expect("install");
+        assert_eq!(slot, Slot::A);
+        let state = slots.state().expect("state");
+        assert_eq!((state.active, state.next), (None, Some(Slot::A)));
+        assert!(state.on_probation());
+    }
+
+    #[test]
+    fn leftovers_of_interrupted_installs_are_discarded() {
+        let (_dir, slots) = slots();
+        slots
+            .install(None, &bundle_of(b"a")[..], &Limits::default())
+            .expect("install");
+        std::fs::write(slots.esp.join(DOWNLOAD), b"partial").expect("write");
+        for name in ["slot-a.new", "slot-b.old"] {
+            std::fs::create_dir(slots.esp.join(name)).expect("mkdir");
+            std::fs::write(slots.esp.join(name).join(NODE_BINARY), b"x").expect("write");
+        }
+        slots.discard_leftovers();
+        let mut names: Vec<String> = std::fs::read_dir(slots.esp.clone())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![BOOT_STATE, "slot-a"]);
+        assert_eq!(std::fs::read(slots.binary(Slot::A)).expect("read"), b"a");
     }
 
     #[test]
