@@ -110,6 +110,10 @@ pub fn boot(state_dir: &Path) {
     let Some(slot) = target else {
         return;
     };
+    // The binary is run by path, without checking it against the manifest's digest again:
+    // it was verified when installed, and whoever can rewrite it there can rewrite its
+    // manifest (and the boot state) in the same directory, so a re-check would catch
+    // accidental damage at most, at the cost of reading the whole binary on every start.
     let binary = slots.binary(slot);
     let mut cmd = Command::new(&binary);
     cmd.args(std::env::args_os().skip(1))
