@@ -11,7 +11,7 @@ CARGO ?= cargo
 DEBIAN_PACKAGES := etcd-server protobuf-compiler libprotobuf-dev postgresql iproute2 nftables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps test lint unit cluster bench fuzz chaos clean
+.PHONY: deps test lint unit cluster bench fuzz chaos clean bundle
 
 NODES ?= 3
 BENCH ?= all
@@ -52,6 +52,16 @@ unit:
 cluster: deps
 	$(CARGO) build --release -p node -p metroctl -p launch
 	target/release/launch-cluster --nodes $(NODES)
+
+# An update bundle of the current build for NodeManagement.UpdateNode: target/bundle.tar
+# (manifest.json and metropolis-node; the manifest names the version the binary reports).
+# BUNDLE_VERSION=0.2.0 re-stamps the binary with another version first.
+BUNDLE ?= target/bundle.tar
+BUNDLE_VERSION ?=
+bundle:
+	$(CARGO) build --release -p node --bins
+	target/release/metropolis-bundle --binary target/release/metropolis-node --output $(BUNDLE) \
+	  $(if $(BUNDLE_VERSION),--stamp-version $(BUNDLE_VERSION))
 
 # Benchmarks against raw etcd/PostgreSQL (release build, ~5 min); rewrites BENCHMARKS.md.
 # One scenario: `make bench BENCH=heartbeat`; smoke run: `make bench BENCH_ARGS=--quick`.

@@ -384,6 +384,11 @@ impl Node {
         self.shared().lock().boot
     }
 
+    /// The PID of its process while it runs (an update by kexec keeps it).
+    pub fn pid(&self) -> Option<u32> {
+        self.shared().lock().pid
+    }
+
     /// Whether its process is alive.
     pub fn is_running(&self) -> bool {
         self.shared().lock().pid.is_some()

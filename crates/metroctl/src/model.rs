@@ -35,6 +35,8 @@ pub struct NodeView {
     pub time_since_heartbeat_seconds: Option<f64>,
     /// Whether the node runs a curator (reported in its status).
     pub running_curator: bool,
+    /// The version the node reported running (`0.1.0-g1a2b3c4d`), if it reported one.
+    pub version: Option<String>,
     /// The node's labels.
     pub labels: BTreeMap<String, String>,
 }
@@ -69,6 +71,9 @@ impl NodeView {
             tpm_usage: tpm_name(node.tpm_usage),
             time_since_heartbeat_seconds: heartbeat_seconds(node.time_since_heartbeat.as_ref()),
             running_curator: status.is_some_and(|s| s.running_curator.is_some()),
+            version: status
+                .and_then(|s| s.version.as_ref())
+                .map(|v| v.to_string()),
             labels,
         }
     }
@@ -173,6 +178,19 @@ mod tests {
             status: Some(NodeStatus {
                 external_address: "127.89.1.1".to_string(),
                 running_curator: Some(RunningCurator { port: 7835 }),
+                version: Some(proto::Version {
+                    release: Some(proto::version::spec::version::Release {
+                        major: 0,
+                        minor: 1,
+                        patch: 0,
+                        prerelease: vec![],
+                    }),
+                    git_information: Some(proto::version::spec::version::GitInformation {
+                        commit_hash: "1a2b3c4d".to_string(),
+                        commits_since_release: 0,
+                        build_tree_state: 2,
+                    }),
+                }),
                 ..Default::default()
             }),
             roles: Some(NodeRoles {
@@ -201,6 +219,7 @@ mod tests {
         assert_eq!(v.tpm_usage, "NOT_PRESENT");
         assert_eq!(v.time_since_heartbeat_seconds, Some(3.25));
         assert!(v.running_curator);
+        assert_eq!(v.version.as_deref(), Some("0.1.0-g1a2b3c4d-dirty"));
         assert_eq!(v.pubkey, hex::encode([7u8; 32]));
     }
 
@@ -212,6 +231,7 @@ mod tests {
         let v = NodeView::from_api(&n);
         assert_eq!(v.address, None);
         assert!(!v.running_curator);
+        assert_eq!(v.version, None);
         // The ID is derived from the key when the server leaves it out.
         assert_eq!(v.id, identity::PublicKey::from_bytes([7; 32]).node_id());
     }

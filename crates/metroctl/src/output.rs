@@ -24,12 +24,13 @@ pub enum Column {
     Tpm,
     Heartbeat,
     Curator,
+    Version,
     Labels,
 }
 
 impl Column {
     /// Every field, in the order of the JSON/YAML schema.
-    pub const ALL: [Column; 10] = [
+    pub const ALL: [Column; 11] = [
         Column::Id,
         Column::Pubkey,
         Column::State,
@@ -39,11 +40,12 @@ impl Column {
         Column::Tpm,
         Column::Heartbeat,
         Column::Curator,
+        Column::Version,
         Column::Labels,
     ];
 
     /// The columns of `node describe` (upstream's table).
-    pub const DESCRIBE: [Column; 7] = [
+    pub const DESCRIBE: [Column; 8] = [
         Column::Id,
         Column::State,
         Column::Address,
@@ -51,6 +53,7 @@ impl Column {
         Column::Roles,
         Column::Tpm,
         Column::Heartbeat,
+        Column::Version,
     ];
 
     /// The name accepted by `--columns`.
@@ -65,6 +68,7 @@ impl Column {
             Column::Tpm => "tpm",
             Column::Heartbeat => "heartbeat",
             Column::Curator => "curator",
+            Column::Version => "version",
             Column::Labels => "labels",
         }
     }
@@ -81,6 +85,7 @@ impl Column {
             Column::Tpm => "TPM",
             Column::Heartbeat => "HEARTBEAT",
             Column::Curator => "CURATOR",
+            Column::Version => "VERSION",
             Column::Labels => "LABELS",
         }
     }
@@ -97,6 +102,7 @@ impl Column {
             Column::Tpm => "tpm_usage",
             Column::Heartbeat => "time_since_heartbeat_seconds",
             Column::Curator => "running_curator",
+            Column::Version => "version",
             Column::Labels => "labels",
         }
     }
@@ -117,6 +123,7 @@ impl Column {
                 None => "never".to_string(),
             },
             Column::Curator => if n.running_curator { "yes" } else { "no" }.to_string(),
+            Column::Version => n.version.clone().unwrap_or_else(|| "unknown".to_string()),
             Column::Labels => dash_if_empty(
                 n.labels
                     .iter()
@@ -144,6 +151,7 @@ impl Column {
                     .map_or(Value::Null, Value::Number),
             ),
             Column::Curator => Doc::Scalar(Value::Bool(n.running_curator)),
+            Column::Version => n.version.as_deref().map_or(Doc::Scalar(Value::Null), s),
             Column::Labels => Doc::map(n.labels.iter().map(|(k, v)| (k.clone(), s(v)))),
         }
     }
@@ -317,6 +325,7 @@ mod tests {
             tpm_usage: "NOT_PRESENT".to_string(),
             time_since_heartbeat_seconds: Some(4.9),
             running_curator: true,
+            version: Some("0.1.0-g1a2b3c4d".to_string()),
             labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
         }
     }
@@ -329,12 +338,15 @@ mod tests {
                 Some("127.89.1.1"),
                 &["ConsensusMember", "KubernetesController"],
             ),
-            view("metropolis-bb", None, &[]),
+            NodeView {
+                version: None,
+                ..view("metropolis-bb", None, &[])
+            },
         ];
         let expected = "\
-NODE ID          STATE  ADDRESS     HEALTH   ROLES                                 TPM  HEARTBEAT
-metropolis-aaaa  UP     127.89.1.1  HEALTHY  ConsensusMember,KubernetesController  no   4s
-metropolis-bb    UP     unknown     HEALTHY  -                                     no   4s
+NODE ID          STATE  ADDRESS     HEALTH   ROLES                                 TPM  HEARTBEAT  VERSION
+metropolis-aaaa  UP     127.89.1.1  HEALTHY  ConsensusMember,KubernetesController  no   4s         0.1.0-g1a2b3c4d
+metropolis-bb    UP     unknown     HEALTHY  -                                     no   4s         unknown
 ";
         assert_eq!(nodes_table(&nodes, &Column::DESCRIBE), expected);
     }
@@ -436,6 +448,7 @@ metropolis-bb    UP     unknown     HEALTHY  -                                  
   tpm_usage: NOT_PRESENT
   time_since_heartbeat_seconds: 4.9
   running_curator: true
+  version: \"0.1.0-g1a2b3c4d\"
   labels:
     zone: a
 ";

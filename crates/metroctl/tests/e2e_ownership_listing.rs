@@ -19,6 +19,22 @@ async fn next_line(lines: &mut Lines) -> String {
         .expect("output ended")
 }
 
+/// What `metropolis-node --version` prints after the program name (`0.1.0-g1a2b3c4d`).
+fn node_binary_version() -> String {
+    let binary = launch::find_node_binary(None).expect("metropolis-node binary");
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .expect("run metropolis-node --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .trim()
+        .strip_prefix("metropolis-node ")
+        .unwrap_or_else(|| panic!("unexpected --version output {text:?}"));
+    assert!(version.starts_with(env!("CARGO_PKG_VERSION")), "{version}");
+    version.to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ownership_listing_and_errors() {
     let block = LoopbackBlock::allocate();
@@ -88,11 +104,11 @@ async fn ownership_listing_and_errors() {
     assert!(
         lines[0].starts_with("NODE ID")
             && lines[0].contains("STATE")
-            && lines[0].ends_with("HEARTBEAT"),
+            && lines[0].ends_with("HEARTBEAT  VERSION"),
         "{run}"
     );
     let fields: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(fields.len(), 7, "{run}");
+    assert_eq!(fields.len(), 8, "{run}");
     assert_eq!(fields[0], id0);
     assert_eq!(fields[1], "UP");
     assert_eq!(fields[2], host0);
@@ -104,6 +120,9 @@ async fn ownership_listing_and_errors() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("heartbeat column {:?}", fields[6]));
     assert!(secs <= 30, "{run}");
+    // The version the running binary was built as, as the binary itself prints it.
+    let version = node_binary_version();
+    assert_eq!(fields[7], version, "{run}");
 
     // JSON, parsed and checked.
     let run = mctl.run(&["node", "describe", "-o", "json"]).await.ok();
@@ -115,6 +134,7 @@ async fn ownership_listing_and_errors() {
     assert_eq!(roles(n0), vec!["ConsensusMember", "KubernetesController"]);
     assert_eq!(n0["tpm_usage"], "NOT_PRESENT");
     assert_eq!(n0["running_curator"], true);
+    assert_eq!(n0["version"], version.as_str());
     assert_eq!(n0["pubkey"].as_str().map(str::len), Some(64));
     let n1 = find(&nodes, &id1).expect("node 1 in JSON");
     assert_eq!(n1["address"], host1.as_str());

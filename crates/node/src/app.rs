@@ -39,6 +39,8 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    // The stable entry point: boot the slot the boot state names (does not return then).
+    crate::update::loader::boot(&args.state_dir);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,6 +53,12 @@ pub fn main() -> i32 {
     };
     let code = runtime.block_on(run(args));
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    if code == ExitCode::Reboot.code() && crate::update::loader::kexec_requested() {
+        // Our kexec: the stopped node becomes the entry point again, same PID, which boots
+        // the new slot. If that fails the exit code still asks for a reboot.
+        let err = crate::update::loader::exec_entry();
+        eprintln!("metropolis-node: kexec failed ({err}); exiting for a reboot instead");
+    }
     code
 }
 
@@ -67,14 +75,15 @@ pub async fn run(args: Args) -> i32 {
     };
     let exit = run_node(args, tree).await;
     match exit.code {
-        ExitCode::Stopped => tracing::info!("{}", exit.message),
+        // A requested reboot (or kexec) is a clean stop too.
+        ExitCode::Stopped | ExitCode::Reboot => tracing::info!("{}", exit.message),
         ExitCode::Gone => tracing::warn!("{}", exit.message),
         _ => tracing::error!("{}", exit.message),
     }
     if let Some(p) = printer {
         p.stop();
     }
-    if exit.code != ExitCode::Stopped {
+    if !matches!(exit.code, ExitCode::Stopped | ExitCode::Reboot) {
         eprintln!("metropolis-node: {}", exit.message);
     }
     exit.code.code()
@@ -102,11 +111,13 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
         Err(e) => return Exit::fatal(format!("cannot prepare the state directory: {e}")),
     };
     tracing::info!(
-        "metropolis-node {} starting: state {}, address {}",
-        env!("CARGO_PKG_VERSION"),
+        "metropolis-node {} starting from {}: state {}, address {}",
+        crate::version::text(),
+        crate::update::slots::describe(crate::update::loader::running_slot()),
         layout.root.display(),
         args.address
     );
+    crate::update::loader::report_rollback(layout.esp.dir());
     // The curator and NodeManagement listeners at their connection caps.
     rpc::serve::raise_open_file_limit(
         curator::listener::MAX_CONNECTIONS + rpc::serve::MAX_CONNECTIONS,
@@ -128,6 +139,7 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
         etcd_binary: args.etcd,
         etcd_quota_backend_bytes: args.etcd_quota_backend_bytes,
         etcd_peer_client_san_check: !args.etcd_skip_peer_client_san_check,
+        update_ca: args.update_ca,
         leader_ttl: Duration::from_secs(args.leader_ttl),
         revocations: RevocationSet::new(),
         boot_id: boot_id(),

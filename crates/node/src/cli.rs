@@ -8,7 +8,7 @@ use clap::{Parser, ValueEnum};
 
 /// Runs one Metropolis node.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "metropolis-node", version, about)]
+#[command(name = "metropolis-node", version = crate::version::text(), about)]
 pub struct Args {
     /// State directory: esp/ (parameters, sealed configuration, cluster directory), data/
     /// (encrypted node data, etcd) and ephemeral/ (sockets).
@@ -38,6 +38,10 @@ pub struct Args {
     /// Curator leader lease TTL in seconds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub leader_ttl: u64,
+    /// PEM CA certificates trusted for update bundle downloads (UpdateNode) besides the
+    /// system's, e.g. a private mirror's CA.
+    #[arg(long)]
+    pub update_ca: Option<PathBuf>,
     /// Log output format on stdout.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -9,7 +9,8 @@ pub enum ExitCode {
     Fatal = 1,
     /// This node was deleted from or decommissioned by its cluster: do not restart it.
     Gone = 3,
-    /// A reboot was requested: restart the node (reserved for UpdateNode/Reboot).
+    /// A reboot was requested (UpdateNode with ACTIVATION_REBOOT, or a kexec that could not
+    /// exec): restart the node, which boots the slot its boot state names.
     Reboot = 4,
 }
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <state>/esp/metropolis/{parameters.pb, sealed_configuration.pb, cluster_directory.pb}
+//! <state>/esp/metropolis/{slot-a/, slot-b/, boot_state.json}   updates (crate::update)
 //! <state>/data/            encrypted node data (node/credentials/*, node/roles.pb)
 //! <state>/data/etcd/       the etcd member (peer PKI and etcd's own files; NOT encrypted)
 //! <state>/ephemeral/       runtime files: the etcd client socket

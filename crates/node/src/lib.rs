@@ -7,7 +7,9 @@
 //! with its join key), then runs the roleserve workers ([`roleserve`]): the control plane
 //! (etcd member + curator) while it holds the ConsensusMember role, role fetch, status push,
 //! heartbeats, the cluster directory and the NodeManagement service with its Logs RPC
-//! ([`logs`]). [`app`] wires it into a process: logging into the logtree (and stdout), the
+//! ([`logs`]) and UpdateNode ([`update`]: bundles, A/B slots, the loader that boots the slot
+//! the boot state names). [`version`] is what the binary reports as its version. [`app`]
+//! wires it into a process: logging into the logtree (and stdout), the
 //! supervision tree, signals and exit codes ([`exit`]).
 //!
 //! Everything a TPM, dm-crypt or a real ESP would do is emulated in userspace; what that
@@ -27,6 +29,8 @@ pub mod params;
 pub mod probe;
 pub mod roleserve;
 pub mod storage;
+pub mod update;
+pub mod version;
 
 pub use cli::Args;
 pub use exit::ExitCode;

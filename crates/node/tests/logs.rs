@@ -348,14 +348,14 @@ async fn streaming_after_backlog() {
 }
 
 #[tokio::test]
-async fn update_node_is_unimplemented() {
+async fn update_node_without_an_updater_is_unimplemented() {
     let svc = NodeManagementService::new(LogTree::new());
     let err = svc
         .update_node(Request::new(UpdateNodeRequest::default()))
         .await
-        .expect_err("not emulated");
+        .expect_err("no updater");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("not emulated"), "{}", err.message());
+    assert!(err.message().contains("no updates"), "{}", err.message());
 }
 
 /// A deleted node loses its open log stream, over the real authorization layer: the stream

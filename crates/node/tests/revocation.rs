@@ -18,8 +18,9 @@ use proto::api::get_logs_request::{BacklogMode, StreamMode};
 use proto::api::management_client::ManagementClient;
 use proto::api::node_management_client::NodeManagementClient;
 use proto::api::{
-    ApproveNodeRequest, DeleteNodeRequest, GetClusterInfoRequest, GetLogsRequest,
-    GetRegisterTicketRequest, delete_node_request,
+    ActivationMode, ApproveNodeRequest, DeleteNodeRequest, GetClusterInfoRequest, GetLogsRequest,
+    GetRegisterTicketRequest, RebootRequest, UpdateNodeRequest, delete_node_request,
+    reboot_request,
 };
 use proto::common::NodeStorageSecurity;
 use proto::common::cluster_configuration::StorageSecurityPolicy;
@@ -153,6 +154,35 @@ async fn nodemanagement_everywhere_refuses_a_deleted_node() {
         logs_code(node1_ip, &id1, &creds, &ca).await,
         Code::PermissionDenied
     );
+    // Nor update or power them off (PERMISSION_UPDATE_NODE and PERMISSION_NODE_POWER_MANAGEMENT
+    // are not granted to node certificates): refused before anything happens.
+    let update = NodeManagementClient::new(common::channel(
+        &format!("{node1_ip}:7839"),
+        creds.clone(),
+        &ca,
+        &id1,
+    ))
+    .update_node(UpdateNodeRequest {
+        bundle_url: "https://127.0.0.1:1/bundle.tar".to_string(),
+        activation_mode: ActivationMode::ActivationKexec as i32,
+    })
+    .await
+    .expect_err("a node may not update another node");
+    assert_eq!(update.code(), Code::PermissionDenied, "{update:?}");
+    let reboot = NodeManagementClient::new(common::channel(
+        &format!("{node1_ip}:7839"),
+        creds.clone(),
+        &ca,
+        &id1,
+    ))
+    .reboot(RebootRequest {
+        r#type: reboot_request::Type::PowerOff as i32,
+        next_boot: 0,
+    })
+    .await
+    .expect_err("a node may not power off another node");
+    assert_eq!(reboot.code(), Code::PermissionDenied, "{reboot:?}");
+    assert!(node1.is_running());
 
     mgmt.delete_node(DeleteNodeRequest {
         node: Some(delete_node_request::Node::Id(identity::node_id(

@@ -12,6 +12,7 @@
 include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 
 pub mod authz;
+pub mod semver;
 
 /// Encoded `FileDescriptorSet` of every proto, with custom options and source info, for gRPC
 /// server reflection and for reading method options at run time.
@@ -23,3 +24,4 @@ pub use metropolis::proto::api;
 pub use metropolis::proto::common;
 pub use metropolis::proto::ext;
 pub use metropolis::proto::private;
+pub use version::spec::Version;

@@ -33,6 +33,7 @@ fn expected_rows() -> Vec<(&'static str, &'static str, bool, Vec<P>)> {
         ),
         (NODE_MGMT, "Logs", false, vec![P::ReadNodeLogs]),
         (NODE_MGMT, "UpdateNode", false, vec![P::UpdateNode]),
+        (NODE_MGMT, "Reboot", false, vec![P::NodePowerManagement]),
         (AAA, "Escrow", true, vec![]),
         (CURATOR, "Watch", false, vec![P::ReadClusterStatus]),
         (CURATOR, "UpdateNodeStatus", false, vec![P::UpdateNodeSelf]),

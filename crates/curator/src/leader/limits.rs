@@ -51,6 +51,10 @@ pub fn check_status(status: &NodeStatus) -> Result<(), Status> {
             status.boot_id.len()
         )));
     }
+    if let Some(v) = &status.version {
+        v.check_bounds()
+            .map_err(|e| Status::invalid_argument(format!("status.version {e}")))?;
+    }
     Ok(())
 }
 
@@ -89,6 +93,7 @@ pub fn clip(s: &str) -> String {
 mod tests {
     use super::*;
     use proto::common::node_cluster_networking::Prefix;
+    use proto::semver::{MAX_VERSION_LABEL_CHARS, MAX_VERSION_PRERELEASES};
 
     #[test]
     fn boot_ids() {
@@ -101,6 +106,29 @@ mod tests {
         assert!(check_status(&with(36)).is_ok());
         assert!(check_status(&with(MAX_BOOT_ID_BYTES)).is_ok());
         let err = check_status(&with(MAX_BOOT_ID_BYTES + 1)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn versions() {
+        use proto::version::spec::version::{GitInformation, Release};
+        let with = |labels: usize, commit: usize| NodeStatus {
+            version: Some(proto::Version {
+                release: Some(Release {
+                    prerelease: vec!["rc1".into(); labels],
+                    ..Default::default()
+                }),
+                git_information: Some(GitInformation {
+                    commit_hash: "a".repeat(commit),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        assert!(check_status(&with(1, 8)).is_ok());
+        assert!(check_status(&with(MAX_VERSION_PRERELEASES, MAX_VERSION_LABEL_CHARS)).is_ok());
+        assert!(check_status(&with(MAX_VERSION_PRERELEASES + 1, 8)).is_err());
+        let err = check_status(&with(0, MAX_VERSION_LABEL_CHARS + 1)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 

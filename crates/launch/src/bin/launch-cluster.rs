@@ -49,6 +49,10 @@ struct Args {
     /// Nodes asking for a reboot (exit code 4) are always restarted.
     #[arg(long)]
     reboot_on_failure: bool,
+    /// CA certificates (PEM) every node trusts for update bundle downloads (UpdateNode)
+    /// besides the system's, e.g. a private mirror's.
+    #[arg(long)]
+    update_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -119,6 +123,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             RestartPolicy::OnRebootRequest
         },
+        update_ca: args.update_ca.clone(),
         ..ClusterOptions::default()
     };
     eprintln!(

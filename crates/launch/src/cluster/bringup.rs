@@ -56,7 +56,13 @@ impl Cluster {
                 ),
                 etcd: launch.options.etcd_binary.clone(),
                 leader_ttl: launch.options.leader_ttl,
-                extra_args: launch.options.node_args.clone(),
+                extra_args: {
+                    let mut args = launch.options.node_args.clone();
+                    if let Some(ca) = &launch.options.update_ca {
+                        args.extend(["--update-ca".to_string(), ca.display().to_string()]);
+                    }
+                    args
+                },
                 // On a loopback block every node connects from 127.0.0.1; test hosts each
                 // connect from their own address, so etcd's check stays on there.
                 skip_peer_client_san_check: launch.options.hosts.is_empty(),

@@ -67,6 +67,9 @@ pub struct ClusterOptions {
     pub echo_logs: bool,
     /// Restart policy of every node.
     pub restart: RestartPolicy,
+    /// `--update-ca` of every node: CA certificates (PEM) trusted for update bundle downloads
+    /// besides the system's, e.g. a private mirror's.
+    pub update_ca: Option<PathBuf>,
     /// Timeouts of each phase.
     pub timeouts: Timeouts,
     /// Test hosts: node `i` runs on `hosts[i]` (its address, and the command it is run
@@ -100,6 +103,7 @@ impl Default for ClusterOptions {
             leader_ttl: None,
             echo_logs: env_flag("LAUNCH_ECHO_LOGS"),
             restart: RestartPolicy::default(),
+            update_ca: None,
             timeouts: Timeouts::default(),
             hosts: Vec::new(),
             node_args: Vec::new(),

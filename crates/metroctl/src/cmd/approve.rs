@@ -102,6 +102,7 @@ mod tests {
             tpm_usage: "NOT_PRESENT".to_string(),
             time_since_heartbeat_seconds: None,
             running_curator: false,
+            version: None,
             labels: BTreeMap::new(),
         }
     }

@@ -1,5 +1,5 @@
-//! [`NodeManagementService`]: Logs over the node's logtree and UpdateNode, which
-//! is not emulated (yet).
+//! [`NodeManagementService`]: Logs over the node's logtree, and UpdateNode through the
+//! node's [`Updater`] (without one, UpdateNode answers Unimplemented).
 //!
 //! Logs sends the backlog (newest N or all matching entries, oldest first) in messages of at
 //! most [`BACKLOG_CHUNK`] entries, then, when streaming, one message per new entry. A
@@ -9,11 +9,15 @@
 use futures::StreamExt;
 use logtree::LogTree;
 use proto::api::node_management_server::NodeManagement;
-use proto::api::{GetLogsRequest, GetLogsResponse, UpdateNodeRequest, UpdateNodeResponse};
+use proto::api::{
+    GetLogsRequest, GetLogsResponse, RebootRequest, RebootResponse, UpdateNodeRequest,
+    UpdateNodeResponse,
+};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::query::{entry_to_proto, parse};
+use crate::update::Updater;
 
 /// Most entries in one backlog message (upstream's chunk size).
 pub const BACKLOG_CHUNK: usize = 2000;
@@ -22,12 +26,24 @@ pub const BACKLOG_CHUNK: usize = 2000;
 #[derive(Debug, Clone)]
 pub struct NodeManagementService {
     tree: LogTree,
+    updater: Option<std::sync::Arc<Updater>>,
 }
 
 impl NodeManagementService {
-    /// A service reading `tree`.
+    /// A service reading `tree`, without updates.
     pub fn new(tree: LogTree) -> Self {
-        Self { tree }
+        Self {
+            tree,
+            updater: None,
+        }
+    }
+
+    /// The same service, installing updates with `updater`.
+    pub fn with_updater(self, updater: std::sync::Arc<Updater>) -> Self {
+        Self {
+            updater: Some(updater),
+            ..self
+        }
     }
 }
 
@@ -77,11 +93,31 @@ impl NodeManagement for NodeManagementService {
 
     async fn update_node(
         &self,
-        _request: Request<UpdateNodeRequest>,
+        request: Request<UpdateNodeRequest>,
     ) -> Result<Response<UpdateNodeResponse>, Status> {
-        Err(Status::unimplemented(
-            "UpdateNode: A/B system slots are not emulated yet, so this node cannot install \
-             OS updates",
-        ))
+        let Some(updater) = &self.updater else {
+            return Err(Status::unimplemented(
+                "UpdateNode: this server installs no updates",
+            ));
+        };
+        let req = request.into_inner();
+        updater
+            .update(&req.bundle_url, req.activation_mode)
+            .await
+            .map(|()| Response::new(UpdateNodeResponse {}))
+    }
+
+    async fn reboot(
+        &self,
+        request: Request<RebootRequest>,
+    ) -> Result<Response<RebootResponse>, Status> {
+        let Some(updater) = &self.updater else {
+            return Err(Status::unimplemented("Reboot: this server cannot reboot"));
+        };
+        let req = request.into_inner();
+        updater
+            .reboot(req.r#type, req.next_boot)
+            .await
+            .map(|()| Response::new(RebootResponse {}))
     }
 }

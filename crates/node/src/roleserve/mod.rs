@@ -65,6 +65,8 @@ pub struct NodeEnv {
     pub etcd_peer_client_san_check: bool,
     /// Curator leader lease TTL.
     pub leader_ttl: Duration,
+    /// Extra CA certificates (PEM file) trusted for update downloads.
+    pub update_ca: Option<PathBuf>,
     /// Revoked certificates, shared by all servers of this node (fed by the `revocations`
     /// worker, and by the local curator where one runs).
     pub revocations: RevocationSet,
@@ -123,6 +125,9 @@ pub struct Roleserve {
     consensus: watch::Sender<Option<consensus::Status>>,
     outcome: mpsc::UnboundedSender<Outcome>,
     ready: AtomicBool,
+    /// The node's one updater (made by the first `nodemgmt` run): its lock must outlive
+    /// restarts of that worker, since an install goes on after the worker is gone.
+    updater: std::sync::Mutex<Option<Arc<crate::update::Updater>>>,
 }
 
 impl std::fmt::Debug for Roleserve {
@@ -148,7 +153,22 @@ impl Roleserve {
             consensus: watch::Sender::new(None),
             outcome,
             ready: AtomicBool::new(false),
+            updater: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The node's updater, made with `make` on first use.
+    pub fn updater(
+        &self,
+        make: impl FnOnce() -> Result<Arc<crate::update::Updater>, String>,
+    ) -> Result<Arc<crate::update::Updater>, String> {
+        let mut held = self.updater.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = &*held {
+            return Ok(u.clone());
+        }
+        let u = make()?;
+        *held = Some(u.clone());
+        Ok(u)
     }
 
     /// Asks the process to end (first request wins; later ones are ignored by the receiver).
@@ -264,9 +284,11 @@ impl Roleserve {
         ))
     }
 
-    /// Prints `NODE_READY` once (the launcher waits for it): enrolled and status pushed.
+    /// Prints `NODE_READY` once (the launcher waits for it): enrolled and status pushed. A
+    /// boot of a newly installed slot is confirmed first: the node is back in its cluster.
     pub fn mark_ready(&self) {
         if !self.ready.swap(true, Ordering::SeqCst) {
+            crate::update::loader::confirm_boot(self.env.layout.esp.dir());
             crate::logs::printer::print("NODE_READY");
             tracing::info!("node ready: enrolled and status reported");
         }

@@ -1,6 +1,6 @@
 //! The `nodemgmt` worker: serves NodeManagement (Logs, UpdateNode) on `<address>:7839` with
 //! the node certificate, behind the same authorization layer as the curator (owners may read
-//! logs; other nodes lack READ_NODE_LOGS).
+//! logs and update the node; other nodes lack READ_NODE_LOGS and UPDATE_NODE).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,6 +12,13 @@ use supervisor::{Context, Runnable, RunnableResult};
 use super::Roleserve;
 
 use crate::logs::NodeManagementService;
+use crate::update::bundle::Limits;
+use crate::update::fetch::FetchConfig;
+use crate::update::slots::Slots;
+use crate::update::{self, Updater};
+
+/// Tar headers and padding on top of a bundle's file contents.
+const BUNDLE_SLACK_BYTES: u64 = 1 << 20;
 
 /// What this listener serves, as its reflection lists it.
 const SERVED: &[&str] = &[proto::api::node_management_server::SERVICE_NAME];
@@ -43,7 +50,26 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
         .map_err(|e| format!("binding {addr}: {e}"))?;
     let tls = rpc::server_tls::server_config(&m.credentials)?;
     let security = ServerSecurity::new(m.credentials.ca().to_vec(), rs.env.revocations.clone());
-    let service = NodeManagementService::new(ctx.logtree().clone());
+    let updater = rs.updater(|| {
+        let fetch = FetchConfig::new(
+            rs.env.update_ca.as_deref(),
+            update::DOWNLOAD_TIMEOUT,
+            Limits::default().max_total_bytes + BUNDLE_SLACK_BYTES,
+        )?;
+        // Weak: the updater lives in the Roleserve it stops.
+        let stopper = Arc::downgrade(&rs);
+        Ok(Updater::new(
+            Slots::new(rs.env.layout.esp.dir()),
+            fetch,
+            Limits::default(),
+            move |exit| {
+                if let Some(rs) = stopper.upgrade() {
+                    rs.exit(exit);
+                }
+            },
+        ))
+    })?;
+    let service = NodeManagementService::new(ctx.logtree().clone()).with_updater(updater);
     tracing::info!("NodeManagement serving on {addr}");
     ctx.signal_healthy();
     let token = ctx.token();

@@ -40,6 +40,7 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
                 port: i32::from(rpc::CURATOR_PORT),
             }),
             boot_id: rs.env.boot_id.clone(),
+            version: Some(crate::version::current().clone()),
             ..Default::default()
         };
         if reported.as_ref() != Some(&status) {
