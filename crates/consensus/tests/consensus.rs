@@ -5,13 +5,15 @@
 //! Every test holds a loopback block of its own, so tests run side by side on the fixed peer
 //! port.
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::{Config, Error, JoinCluster, Service, Status};
 use identity::SigningKey;
-use logtree::{Backlog, Dn, LogTree, ReadOptions};
+use logtree::LogTree;
 use supervisor::Supervisor;
 use tempfile::TempDir;
 use test_support::{LoopbackBlock, eventually};
@@ -85,19 +87,7 @@ impl TestNode {
     }
 
     fn logs(&self) -> Vec<String> {
-        let dn = Dn::new("root.consensus").expect("dn");
-        let opts = ReadOptions {
-            with_children: true,
-            backlog: Backlog::All,
-            ..Default::default()
-        };
-        self.tree
-            .read(&dn, opts)
-            .expect("read")
-            .backlog
-            .iter()
-            .map(|e| e.to_string())
-            .collect()
+        common::consensus_logs(&self.tree)
     }
 }
 

@@ -6,13 +6,15 @@
 
 #![cfg(feature = "failpoints")]
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::{Config, Service, Status};
 use identity::SigningKey;
-use logtree::{Backlog, Dn, LogTree, ReadOptions};
+use logtree::LogTree;
 use supervisor::Supervisor;
 use test_support::LoopbackBlock;
 
@@ -43,21 +45,6 @@ fn start(
     (tree, supervisor, service)
 }
 
-fn logs(tree: &LogTree) -> Vec<String> {
-    let dn = Dn::new("root.consensus").expect("dn");
-    let opts = ReadOptions {
-        with_children: true,
-        backlog: Backlog::All,
-        ..Default::default()
-    };
-    tree.read(&dn, opts)
-        .expect("read")
-        .backlog
-        .iter()
-        .map(|e| e.to_string())
-        .collect()
-}
-
 async fn running(tree: &LogTree, service: &Service) -> Status {
     match tokio::time::timeout(TIMEOUT, service.wait_running()).await {
         Ok(status) => status,
@@ -81,7 +68,7 @@ async fn crash_while_writing_the_peer_pki_still_comes_up() {
 
     let (tree, supervisor, service) = start(dir.path(), &key, address);
     let status = running(&tree, &service).await;
-    let issued = logs(&tree)
+    let issued = common::consensus_logs(&tree)
         .iter()
         .filter(|l| l.contains("certificates issued, writing to disk"))
         .count();

@@ -3,13 +3,15 @@
 //! "database space exceeded"); the member's space keeper logs the alarm, compacts,
 //! defragments and disarms it, after which writes succeed again.
 
+mod common;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
 use consensus::{Config, Service};
 use identity::SigningKey;
 use kv::etcd_client::{AlarmAction, AlarmType};
-use logtree::{Backlog, Dn, LogTree, ReadOptions};
+use logtree::LogTree;
 use supervisor::Supervisor;
 use test_support::{LoopbackBlock, eventually};
 
@@ -19,21 +21,6 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 const QUOTA: u64 = 1024 * 1024;
 /// One overwrite: 64 KiB, so about 16 of them fill the quota with history.
 const VALUE: usize = 64 * 1024;
-
-fn logs(tree: &LogTree) -> Vec<String> {
-    let dn = Dn::new("root.consensus").expect("dn");
-    let opts = ReadOptions {
-        with_children: true,
-        backlog: Backlog::All,
-        ..Default::default()
-    };
-    tree.read(&dn, opts)
-        .expect("read")
-        .backlog
-        .iter()
-        .map(|e| e.to_string())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nospace_alarm_is_reported_and_cleared_after_compaction() {
@@ -117,7 +104,7 @@ async fn nospace_alarm_is_reported_and_cleared_after_compaction() {
     );
     let got = ns.get("/filler", None).await.expect("get");
     assert_eq!(got.kvs()[0].value().len(), VALUE, "the live value survives");
-    let lines = logs(&tree);
+    let lines = common::consensus_logs(&tree);
     assert!(
         lines
             .iter()

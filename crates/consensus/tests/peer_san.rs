@@ -3,13 +3,15 @@
 //! 127.0.0.1 whatever address it listens on and its certificate names, which is exactly such
 //! a peer: with the check on, a second member cannot join.
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use consensus::{Config, JoinCluster, Service};
 use identity::SigningKey;
-use logtree::{Backlog, Dn, LogTree, ReadOptions};
+use logtree::LogTree;
 use supervisor::Supervisor;
 use tempfile::TempDir;
 use test_support::LoopbackBlock;
@@ -60,19 +62,7 @@ fn start(address: IpAddr, key: &SigningKey, join: Option<JoinCluster>) -> Member
 
 impl Member {
     fn logs(&self) -> Vec<String> {
-        let dn = Dn::new("root.consensus").expect("dn");
-        let opts = ReadOptions {
-            with_children: true,
-            backlog: Backlog::All,
-            ..Default::default()
-        };
-        self.tree
-            .read(&dn, opts)
-            .expect("read")
-            .backlog
-            .iter()
-            .map(|e| e.to_string())
-            .collect()
+        common::consensus_logs(&self.tree)
     }
 }
 
