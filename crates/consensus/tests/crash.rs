@@ -50,7 +50,7 @@ async fn running(tree: &LogTree, service: &Service) -> Status {
         Ok(status) => status,
         Err(_) => panic!(
             "member did not come up; its logs:\n{}",
-            logs(tree).join("\n")
+            common::consensus_logs(tree).join("\n")
         ),
     }
 }
