@@ -77,7 +77,10 @@ fn units_verify_cleanly() {
     let (ok, printed) = verify(&units);
     // verify exits 0 on unknown keys and unparsable values (it only warns), so any output
     // at all is a failure.
-    assert!(ok && printed.trim().is_empty(), "systemd-analyze verify:\n{printed}");
+    assert!(
+        ok && printed.trim().is_empty(),
+        "systemd-analyze verify:\n{printed}"
+    );
 }
 
 /// The strictness above is what catches mistakes: a misspelt key and a bad value are
@@ -122,7 +125,10 @@ fn node_unit_follows_the_exit_codes() {
     );
     // A fatal error is restarted (after RestartSec), a clean stop is not.
     assert_eq!(service_values(&unit, "Restart"), vec!["on-failure"]);
-    assert_eq!(service_values(&unit, "StateDirectory"), vec!["metropolis-node"]);
+    assert_eq!(
+        service_values(&unit, "StateDirectory"),
+        vec!["metropolis-node"]
+    );
     let exec = unit
         .split("ExecStart=")
         .nth(1)
