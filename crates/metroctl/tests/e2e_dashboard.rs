@@ -24,6 +24,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Bound of every DevTools call and of each wait for the page.
 const PAGE: Duration = Duration::from_secs(30);
+/// Bound of Chromium's start (slow on a loaded machine: it starts several processes).
+const BROWSER_START: Duration = Duration::from_secs(90);
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -62,16 +64,23 @@ impl Browser {
             .spawn()
             .expect("start chromium (Debian package chromium)");
         let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let url = tokio::time::timeout(PAGE, async {
+        let mut said = Vec::new();
+        let url = tokio::time::timeout(BROWSER_START, async {
             while let Some(line) = stderr.next_line().await.expect("chromium stderr") {
                 if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                    return url.trim().to_string();
+                    return Some(url.trim().to_string());
                 }
+                said.push(line);
             }
-            panic!("chromium exited without a DevTools address");
+            None
         })
-        .await
-        .expect("chromium announces its DevTools address");
+        .await;
+        let Ok(Some(url)) = url else {
+            panic!(
+                "chromium announced no DevTools address within {BROWSER_START:?}:\n{}",
+                said.join("\n")
+            );
+        };
         // Keep draining stderr so Chromium never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
         let (socket, _) = tokio_tungstenite::connect_async(url.as_str())

@@ -126,7 +126,7 @@ fn node_row(n: &NodeView, leader_id: Option<&str>) -> Markup {
                 a href={ "/node/" (n.id) } { code { (n.id) } }
                 @if Some(n.id.as_str()) == leader_id { " ★" }
             }
-            td.state data-label="State" class={ "s-" (n.state) } { (n.state) }
+            td data-label="State" class={ "state s-" (n.state) } { (n.state) }
             td data-label="Health" class={ "h-" (n.health) } { (n.health) }
             td data-label="Roles" { (n.roles.join(", ")) }
             td data-label="Address" { (n.address.as_deref().unwrap_or("")) }
@@ -145,7 +145,7 @@ pub fn node_page(n: &NodeView, logs: &Result<Vec<String>, String>) -> Markup {
             p { a href="/" { "← all nodes" } }
             h1 { code { (n.id) } }
             div.scroll { table #node {
-                tr { th { "State" } td.state class={ "s-" (n.state) } { (n.state) } }
+                tr { th { "State" } td class={ "state s-" (n.state) } { (n.state) } }
                 tr { th { "Health" } td class={ "h-" (n.health) } { (n.health) } }
                 tr { th { "Roles" } td { (n.roles.join(", ")) } }
                 tr { th { "Address" } td { (n.address.as_deref().unwrap_or("")) } }
