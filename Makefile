@@ -2,13 +2,15 @@
 # and the tests need from Debian: etcd (the real consensus member every node runs), protoc and
 # the protobuf well-known types (etcd-client's build script compiles etcd's protos, which import
 # google/protobuf/descriptor.proto; Debian's protobuf-compiler only *recommends* libprotobuf-dev,
-# which ships them; our own protos are compiled by protox) and PostgreSQL (BMDB tests).
+# which ships them; our own protos are compiled by protox), PostgreSQL (BMDB tests), systemd
+# (`systemd-analyze verify` of the units in deploy/systemd) and Chromium (the headless browser
+# of the dashboard's end-to-end test).
 # scripts/probe-deps.sh then proves each piece works and names the package that is missing.
 # The cargo tools (cargo-nextest, and cargo-deny for `make lint`) are installed with
 # `cargo install --locked` when missing; cargo-deny takes several minutes to build once.
 
 CARGO ?= cargo
-DEBIAN_PACKAGES := etcd-server protobuf-compiler libprotobuf-dev postgresql iproute2 nftables
+DEBIAN_PACKAGES := etcd-server protobuf-compiler libprotobuf-dev postgresql iproute2 nftables systemd chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps test lint unit cluster bench fuzz chaos clean bundle

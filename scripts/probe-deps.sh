@@ -32,4 +32,10 @@ command -v tc >/dev/null 2>&1 || fail "tc not found" iproute2
 tc -V >/dev/null 2>&1 || fail "tc -V failed" iproute2
 command -v nft >/dev/null 2>&1 || fail "nft not found" nftables
 
-echo "deps probe: protoc + well-known types, etcd, initdb, ip netns, tc, nft all present"
+# The units in deploy/systemd are checked with systemd-analyze verify.
+command -v systemd-analyze >/dev/null 2>&1 || fail "systemd-analyze not found" systemd
+# The dashboard's end-to-end test drives a headless Chromium.
+command -v chromium >/dev/null 2>&1 || fail "chromium not found" chromium
+chromium --headless --version >/dev/null 2>&1 || fail "chromium --headless --version failed" chromium
+
+echo "deps probe: protoc + well-known types, etcd, initdb, ip netns, tc, nft, systemd-analyze, chromium all present"

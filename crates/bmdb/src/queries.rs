@@ -383,6 +383,48 @@ pub async fn list_machines(
         .map_err(Into::into)
 }
 
+/// What [`search_machines`] looks for; every field that is set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineSearch {
+    /// The start of the machine ID in its hyphenated form (hex digits and hyphens only).
+    pub id_prefix: Option<String>,
+    /// The provider of the machine.
+    pub provider: Option<Provider>,
+    /// The machine's ID at its provider, exactly.
+    pub provider_id: Option<String>,
+}
+
+/// Machines matching `search` with all their tags, ordered by ID, at most `limit` of them.
+/// An ID prefix with anything but hex digits and hyphens matches nothing (it is never part of
+/// a LIKE pattern).
+pub async fn search_machines(
+    conn: &mut Conn,
+    search: &MachineSearch,
+    limit: i64,
+) -> Result<Vec<MachineTags>> {
+    let pattern = match &search.id_prefix {
+        Some(p) if !p.chars().all(|c| c.is_ascii_hexdigit() || c == '-') => return Ok(Vec::new()),
+        Some(p) => Some(format!("{}%", p.to_ascii_lowercase())),
+        None => None,
+    };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{MACHINE_TAGS_SQL} WHERE ($1::TEXT IS NULL OR machines.machine_id::TEXT LIKE $1) \
+         AND ($2::provider IS NULL OR p.provider = $2) \
+         AND ($3::TEXT IS NULL OR p.provider_id = $3) \
+         ORDER BY machines.machine_id LIMIT $4"
+    )))
+    .bind(pattern)
+    .bind(search.provider)
+    .bind(search.provider_id.as_deref())
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(machine_tags_from_row)
+        .collect::<Result<_, _>>()
+        .map_err(Into::into)
+}
+
 /// One machine with all its tags.
 pub async fn get_machine(conn: &mut Conn, machine_id: Uuid) -> Result<Option<MachineTags>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -135,6 +135,27 @@ before approving it. Approved nodes become STANDBY, then UP once they committed.
         ids: Vec<String>,
     },
 
+    /// Serve a local, read-only web page of the cluster that updates itself.
+    #[command(
+        long_about = "Serve a read-only web page of the cluster on this machine, through this \
+config's owner credentials: the nodes (state, health, roles, address, version, heartbeat age, \
+labels; filtered with the same CEL expressions as --filter), the curator leader, the consensus \
+members with their etcd status, and a page per node with its recent logs. The page updates \
+itself as the cluster changes (Curator.Watch, pushed to the browser as server-sent events). \
+It listens on loopback only, unless --allow-remote.",
+        after_help = "Examples:\n  metroctl dashboard\n  metroctl dashboard --listen 127.0.0.1:8000\n  \
+ssh -L 7850:127.0.0.1:7850 admin-host metroctl dashboard"
+    )]
+    Dashboard {
+        /// Address (IP:PORT) to serve the page on; port 0 picks a free one.
+        #[arg(long, default_value = crate::dashboard::DEFAULT_LISTEN, value_name = "IP:PORT")]
+        listen: String,
+        /// Allow a --listen address that is not loopback: whoever reaches it sees the cluster
+        /// through your owner credentials.
+        #[arg(long)]
+        allow_remote: bool,
+    },
+
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  metroctl completion bash > /etc/bash_completion.d/metroctl"

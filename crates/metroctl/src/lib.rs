@@ -9,13 +9,15 @@
 //! whose message reads as advice and whose kind is the exit code ([`error`]).
 //!
 //! Beyond upstream's metroctl: JSON/YAML output, `--watch`, `node decommission` with a
-//! visible wait, progress while waiting, register ticket rotation, and distinct exit codes.
+//! visible wait, progress while waiting, register ticket rotation, distinct exit codes, and a
+//! live web page of the cluster ([`dashboard`]).
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod logs;
 pub mod model;

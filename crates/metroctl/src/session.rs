@@ -271,8 +271,14 @@ impl Session {
     async fn guarded<T>(&self, call: impl Future<Output = T>) -> Result<T> {
         let mut pin_check = self.pin_check.clone();
         let mismatch = async move {
-            match pin_check.wait_for(Option::is_some).await {
-                Ok(found) => found.clone(),
+            // The borrow of the watched value ends here, before any other await: it is not
+            // Send, and the dashboard runs calls in spawned tasks.
+            let found = pin_check
+                .wait_for(Option::is_some)
+                .await
+                .map(|found| found.clone());
+            match found {
+                Ok(found) => found,
                 // The checker is gone: it found nothing; never resolve.
                 Err(_) => std::future::pending().await,
             }

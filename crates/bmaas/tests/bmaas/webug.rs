@@ -119,3 +119,116 @@ async fn connections_beyond_the_limit_are_closed() {
     .await
     .expect("a page once a place is free");
 }
+
+/// The search form: machine ID prefix (a full ID opens the machine's page), provider and
+/// provider ID; refused input is a 400, not an SQL pattern.
+#[tokio::test]
+async fn searches_by_machine_id_and_provider() {
+    use bmdb::model::Provider;
+    use bmdb::queries;
+
+    let t = common::start().await;
+    let addr = t.server().webug_address.unwrap();
+    let m1 = t.machine_with_agent(&SigningKey::generate().unwrap()).await;
+    let m2 = t.machine_with_agent(&SigningKey::generate().unwrap()).await;
+    let lumen = t
+        .session
+        .transact(|tx| {
+            Box::pin(async move {
+                let m = queries::new_machine(tx).await?;
+                queries::machine_add_provided(tx, m.machine_id, Provider::Lumen, "lumen-1").await?;
+                Ok(m.machine_id)
+            })
+        })
+        .await
+        .unwrap();
+    let page = async |query: &str| get(addr, &format!("GET /?{query} HTTP/1.1\r\n\r\n")).await;
+
+    let prefix = &m1.to_string()[..8];
+    let found = page(&format!("machine={prefix}")).await;
+    assert!(found.starts_with("HTTP/1.1 200 OK"), "{found}");
+    assert!(found.contains(&m1.to_string()), "{found}");
+    assert!(!found.contains(&m2.to_string()), "{found}");
+    assert!(found.contains("1 machines matching"), "{found}");
+
+    let exact = page(&format!("machine={m1}")).await;
+    assert!(exact.starts_with("HTTP/1.1 303"), "{exact}");
+    assert!(
+        exact
+            .to_ascii_lowercase()
+            .contains(&format!("location: /machine/{m1}")),
+        "{exact}"
+    );
+
+    let by_provider = page("provider=Lumen").await;
+    assert!(by_provider.contains(&lumen.to_string()), "{by_provider}");
+    assert!(!by_provider.contains(&m1.to_string()), "{by_provider}");
+    let both = page("provider=lumen&provider_id=lumen-1").await;
+    assert!(both.contains(&lumen.to_string()), "{both}");
+    let none = page("provider=Lumen&provider_id=lumen-2").await;
+    assert!(none.contains("0 machines matching"), "{none}");
+    let all = page("").await;
+    for m in [m1, m2, lumen] {
+        assert!(all.contains(&m.to_string()), "{all}");
+    }
+
+    assert!(page("machine=%25").await.starts_with("HTTP/1.1 400"));
+    assert!(page("provider=Nowhere").await.starts_with("HTTP/1.1 400"));
+}
+
+/// What the page answers besides pages: security headers everywhere, nothing but GET, and a
+/// bounded request head.
+#[tokio::test]
+async fn read_only_bounded_and_locked_down() {
+    let t = common::start().await;
+    let addr = t.server().webug_address.unwrap();
+    let index = get(addr, "GET / HTTP/1.1\r\n\r\n")
+        .await
+        .to_ascii_lowercase();
+    assert!(
+        index.contains("content-security-policy: default-src 'none'"),
+        "{index}"
+    );
+    assert!(index.contains("x-content-type-options: nosniff"), "{index}");
+    assert!(index.contains("cache-control: no-store"), "{index}");
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let id = uuid::Uuid::new_v4();
+        for path in ["/".to_string(), format!("/machine/{id}")] {
+            let answer = get(
+                addr,
+                &format!("{method} {path} HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            )
+            .await;
+            assert!(
+                answer.starts_with("HTTP/1.1 405"),
+                "{method} {path}: {answer}"
+            );
+        }
+    }
+    assert!(
+        get(addr, "GET /machine/not-an-id HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400")
+    );
+    let huge = format!(
+        "GET / HTTP/1.1\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(bmaas::server::webug::MAX_REQUEST + 1)
+    );
+    // The server answers before it read everything, so the connection may end with a reset:
+    // keep what arrived before it.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "a request head over the limit is refused: {answer}"
+    );
+}

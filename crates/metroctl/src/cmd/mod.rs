@@ -118,6 +118,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Approve { ids } => approve::run(&env, &ids).await,
+        Command::Dashboard {
+            listen,
+            allow_remote,
+        } => {
+            let session = env.ctx.owner_session().await?;
+            crate::dashboard::run(session, &listen, allow_remote).await
+        }
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             let mut out = Vec::new();
