@@ -26,6 +26,7 @@
 //! goes away.
 
 mod cost;
+mod native;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -132,6 +133,9 @@ pub struct NodeFilter {
     /// The fields of `node` the program reads: only those are built for it (most of the
     /// cost of a simple filter was building the whole node as CEL values).
     fields: Fields,
+    /// The program in native form, if it is one of the common filters ([`native`]): then
+    /// CEL does not run at all.
+    native: Option<Arc<native::Native>>,
 }
 
 /// Which top-level fields of `node` a filter reads.
@@ -191,6 +195,7 @@ impl NodeFilter {
                 program: None,
                 cost: 0,
                 fields: Fields::ALL,
+                native: None,
             });
         }
         if source.len() > MAX_FILTER_BYTES {
@@ -228,10 +233,13 @@ impl NodeFilter {
             )));
         }
         let fields = Fields::of(cost::node_fields(program.expression()));
+        let constants: std::collections::HashMap<String, i64> = constants().into_iter().collect();
+        let native = native::compile(program.expression(), &constants).map(Arc::new);
         Ok(Self {
             program: Some(Arc::new(program)),
             cost: measure.cost,
             fields,
+            native,
         })
     }
 
@@ -245,7 +253,14 @@ impl NodeFilter {
     pub fn select(&self, nodes: Vec<api::Node>) -> Result<Vec<api::Node>, Status> {
         match &self.program {
             None => Ok(nodes),
-            Some(program) => evaluate(program, self.fields, nodes, &AtomicBool::new(false), None),
+            Some(program) => evaluate(
+                program,
+                self.native.as_deref(),
+                self.fields,
+                nodes,
+                &AtomicBool::new(false),
+                None,
+            ),
         }
     }
 }
@@ -332,6 +347,7 @@ impl FilterPool {
         }
         Ok(Selection {
             program: filter.program.clone(),
+            native: filter.native.clone(),
             fields: filter.fields,
             permits: self.permits.clone(),
             capacity: self.capacity,
@@ -350,6 +366,7 @@ impl FilterPool {
 #[derive(Debug)]
 pub struct Selection {
     program: Option<Arc<Program>>,
+    native: Option<Arc<native::Native>>,
     fields: Fields,
     permits: Arc<Semaphore>,
     capacity: usize,
@@ -411,9 +428,17 @@ impl Selection {
             offset: done,
             total,
         };
+        let native = self.native.clone();
         let selected = off_runtime("curator-filter-eval", move || {
             let _permit = permit;
-            evaluate(&program, fields, nodes, &stopped, Some(limit))
+            evaluate(
+                &program,
+                native.as_deref(),
+                fields,
+                nodes,
+                &stopped,
+                Some(limit),
+            )
         })
         .await;
         self.spent += started.elapsed();
@@ -468,12 +493,14 @@ struct Deadline {
 /// node's evaluation is bounded by [`MAX_COST_PER_NODE`]).
 fn evaluate(
     program: &Program,
+    native: Option<&native::Native>,
     fields: Fields,
     nodes: Vec<api::Node>,
     stop: &AtomicBool,
     deadline: Option<Deadline>,
 ) -> Result<Vec<api::Node>, Status> {
-    let root = root_context();
+    // CEL's scope only where CEL runs.
+    let root = native.is_none().then(root_context);
     let total = nodes.len();
     let mut selected = Vec::with_capacity(total);
     for (done, node) in nodes.into_iter().enumerate() {
@@ -491,7 +518,14 @@ fn evaluate(
                 d.total.max(total)
             )));
         }
-        if matches(program, &root, fields, &node)? {
+        let matched = match (native, &root) {
+            (Some(native), _) => native.matches(&node),
+            (None, Some(root)) => matches(program, root, fields, &node)?,
+            (None, None) => {
+                return Err(Status::internal("filter evaluation without a scope"));
+            }
+        };
+        if matched {
             selected.push(node);
         }
     }
@@ -839,9 +873,17 @@ mod tests {
         for filter in filters {
             let f = NodeFilter::compile(filter).expect(filter);
             let program = f.program.clone().expect("a program");
-            let pruned = evaluate(&program, f.fields, n.clone(), &AtomicBool::new(false), None);
+            let pruned = evaluate(
+                &program,
+                None,
+                f.fields,
+                n.clone(),
+                &AtomicBool::new(false),
+                None,
+            );
             let whole = evaluate(
                 &program,
+                None,
                 Fields::ALL,
                 n.clone(),
                 &AtomicBool::new(false),
@@ -858,6 +900,61 @@ mod tests {
         assert!(state_only.state && !state_only.labels && !state_only.status);
         assert_eq!(fields("[node].size() == 1"), Fields::ALL);
         assert_eq!(fields("[1].exists(node, node == 1)"), Fields::ALL);
+    }
+
+    /// The common filters run natively, with CEL's results on every sample node (a node
+    /// without roles included, where CEL fails on `has(node.roles.…)` unless the other side
+    /// of `&&`/`||` decides); others stay with CEL.
+    #[test]
+    fn common_filters_run_natively_with_cels_results() {
+        let mut n = sample();
+        let mut bare = node("d", NodeState::Up, None, false, 1);
+        bare.roles = None;
+        n.push(bare);
+        let native = [
+            "node.state == NODE_STATE_UP && has(node.roles.kubernetes_worker)",
+            "node.state == NODE_STATE_UP",
+            "NODE_STATE_NEW == node.state || node.state != 3",
+            "!has(node.roles.consensus_member)",
+            "has(node.roles.kubernetes_controller) || node.id == 'd'",
+            "node.state == NODE_STATE_UP && has(node.roles.kubernetes_worker) || node.id == \"d\"",
+            "false || node.id != 'a'",
+            "node.state == 1 && true",
+        ];
+        for filter in native {
+            let f = NodeFilter::compile(filter).expect(filter);
+            assert!(f.native.is_some(), "{filter} runs natively");
+            let program = f.program.clone().expect("a program");
+            let fast = evaluate(
+                &program,
+                f.native.as_deref(),
+                f.fields,
+                n.clone(),
+                &AtomicBool::new(false),
+                None,
+            )
+            .expect(filter);
+            let slow = evaluate(
+                &program,
+                None,
+                Fields::ALL,
+                n.clone(),
+                &AtomicBool::new(false),
+                None,
+            )
+            .expect(filter);
+            assert_eq!(fast, slow, "{filter}");
+        }
+        for filter in [
+            "node.state == NODE_STATE_UNKNOWN_NAME",
+            "node.state == 1u",
+            "has(node.status)",
+            "node.labels.pairs.exists(p, p.key == 'x')",
+            "node.health == HEALTHY",
+        ] {
+            let native = NodeFilter::compile(filter).map(|f| f.native.is_some());
+            assert_ne!(native.ok(), Some(true), "{filter} stays with CEL");
+        }
     }
 
     #[test]
