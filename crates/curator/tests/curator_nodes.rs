@@ -186,6 +186,16 @@ async fn heartbeat() {
     curator::state::node::delete(&t.leader.leadership, &record)
         .await
         .expect("delete");
+    // Deleted behind the handlers' back (straight in etcd), so the leader learns it from its
+    // watch of the records: within the watch delay. (DeleteNode itself tells it at once.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while t.leader.live.check(&gone_id) == curator::leader::live::Known::Present {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deletion never reached the leader's node set"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let one = futures::stream::iter(vec![HeartbeatUpdateRequest {}]);
     let mut replies = as_gone
         .heartbeat(one)

@@ -609,3 +609,84 @@ async fn registration_labels_follow_the_label_rules() {
     );
     t.stop().await;
 }
+
+/// Registrations run side by side (no leader-wide lock): sixteen nodes registering,
+/// approved and committing at once all end UP, each with its own join key; repeated
+/// RegisterNode and CommitNode calls of one node racing each other are answered as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations() {
+    let t = TestLeader::start().await;
+    let cuk = [7u8; 32];
+    let nodes = futures::future::join_all(
+        (0..16).map(|_| full_registration(&t, false, &cuk, NodeStorageSecurity::Encrypted)),
+    )
+    .await;
+    for (node_key, join_key) in &nodes {
+        let record = load(&t, &id_of(node_key)).await;
+        assert_eq!(record.state(), NodeState::Up);
+        assert_eq!(
+            node::id_by_join_key(&t.leader.leadership, join_key.public_key().as_bytes())
+                .await
+                .as_deref(),
+            Ok(id_of(node_key).as_str())
+        );
+    }
+
+    // One node, its calls repeated concurrently (a client retrying while the first call is
+    // still in flight): every RegisterNode succeeds, every CommitNode gets the same answer.
+    let ticket = register_ticket(&t).await;
+    let (node_key, join_key) = (key(), key());
+    let registered = futures::future::join_all(
+        (0..4).map(|_| register(&t, &node_key, register_request(&ticket, &join_key, false))),
+    )
+    .await;
+    assert!(registered.iter().all(Result::is_ok), "{registered:?}");
+    approve(&t, &node_key).await.expect("ApproveNode");
+    let committed = futures::future::join_all((0..4).map(|_| {
+        commit(
+            &t,
+            &node_key,
+            commit_request(&cuk, NodeStorageSecurity::Encrypted),
+        )
+    }))
+    .await;
+    let first = committed[0].as_ref().expect("CommitNode").clone();
+    for c in &committed {
+        assert_eq!(c.as_ref().ok(), Some(&first), "{c:?}");
+    }
+    assert_eq!(load(&t, &id_of(&node_key)).await.state(), NodeState::Up);
+
+    t.stop().await;
+}
+
+/// Concurrent read-modify-writes of one record lose nothing: each of several label updates
+/// racing on one node is retried on conflict until it lands on the current record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_one_node_all_land() {
+    use proto::api::{UpdateNodeLabelsRequest, update_node_labels_request};
+    use proto::common::node_labels::Pair;
+    let t = TestLeader::start().await;
+    let id = t.node_id();
+    let mgmt = management(t.owner().await);
+    let updates = futures::future::join_all((0..6).map(|i| {
+        let mut mgmt = mgmt.clone();
+        let id = id.clone();
+        async move {
+            mgmt.update_node_labels(UpdateNodeLabelsRequest {
+                node: Some(update_node_labels_request::Node::Id(id)),
+                upsert: vec![Pair {
+                    key: format!("k{i}"),
+                    value: "v".into(),
+                }],
+                delete: Vec::new(),
+            })
+            .await
+        }
+    }))
+    .await;
+    assert!(updates.iter().all(Result::is_ok), "{updates:?}");
+    let labels = load(&t, &id).await.node.labels.unwrap_or_default().pairs;
+    let keys: Vec<&str> = labels.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["k0", "k1", "k2", "k3", "k4", "k5"]);
+    t.stop().await;
+}

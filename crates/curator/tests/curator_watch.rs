@@ -106,7 +106,8 @@ async fn watch_node_in_cluster() {
     );
 
     // Deletion: one tombstone, and the watch goes on (a re-created node shows up again).
-    node::delete(&t.leader.leadership, &record)
+    // (Deleted as last written: deletions are conditional on the record being unchanged.)
+    node::delete(&t.leader.leadership, &load(&t, &id).await)
         .await
         .expect("delete");
     let ev = next(&mut w).await.expect("ok").expect("event");

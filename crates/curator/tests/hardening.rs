@@ -380,6 +380,12 @@ async fn deleting_a_node_ends_its_open_streams() {
         .await
         .expect("DeleteNode");
     let deleted = Instant::now();
+    // Heartbeats are checked against the leader's node set, not etcd: DeleteNode takes the
+    // node out of it before answering, without waiting for the set's watch.
+    assert_eq!(
+        t.leader.live.check(&id_of(&k)),
+        curator::leader::live::Known::Deleted
+    );
 
     // The Watch may still carry the node's own tombstone; then it must end.
     let watch_end = tokio::time::timeout(Duration::from_secs(1), async {

@@ -176,7 +176,7 @@ async fn management_cluster_info() {
         external_address: t.block.host(1),
         ..Default::default()
     });
-    node::update(&t.leader.leadership, &me)
+    node::update(&t.leader.leadership, &mut me)
         .await
         .expect("update");
     // Nodes that are not UP are not in the directory.

@@ -141,7 +141,7 @@ async fn states_change_only_along_the_table() {
     // A state changed behind the table's back is refused by update.
     loaded.node.fsm_state = NodeState::Decommissioned as i32;
     assert!(matches!(
-        node::update(l, &loaded).await,
+        node::update(l, &mut loaded).await,
         Err(StateError::Internal(_))
     ));
     assert_eq!(
@@ -153,7 +153,7 @@ async fn states_change_only_along_the_table() {
     let mut loaded = node::load(l, &r.id).await.expect("load");
     loaded.node.join_key = t.join_key.public_key().as_bytes().to_vec();
     assert!(matches!(
-        node::update(l, &loaded).await,
+        node::update(l, &mut loaded).await,
         Err(StateError::Internal(_))
     ));
     assert_eq!(
@@ -167,7 +167,7 @@ async fn states_change_only_along_the_table() {
     // Other changes go through update.
     let mut loaded = node::load(l, &r.id).await.expect("load");
     loaded.node.tpm_usage = 2;
-    node::update(l, &loaded).await.expect("update");
+    node::update(l, &mut loaded).await.expect("update");
     assert_eq!(node::load(l, &r.id).await.map(|r| r.node.tpm_usage), Ok(2));
 
     t.stop().await;
@@ -287,5 +287,67 @@ async fn corrupt_records_and_lost_leadership() {
         cluster::rotate_register_ticket(&stale).await,
         Err(StateError::LostLeadership)
     );
+    t.stop().await;
+}
+
+/// Writes are optimistic: a record read before another write of it is refused with
+/// Conflict (nothing written), whichever write it is, and a fresh read goes through. A
+/// deleted node's ID cannot be created again, even by a writer that read before the deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_records_conflict() {
+    let t = TestLeader::start().await;
+    let l = &t.leader.leadership;
+    let (_, mut r) = new_record();
+    node::create(l, &mut r, NodeState::New)
+        .await
+        .expect("create");
+
+    let mut stale = node::load(l, &r.id).await.expect("load");
+    let mut fresh = node::load(l, &r.id).await.expect("load");
+    fresh.node.tpm_usage = 2;
+    node::update(l, &mut fresh).await.expect("update");
+    // The record remembers its own write: a second write of it needs no new read.
+    fresh.node.tpm_usage = 1;
+    node::update(l, &mut fresh).await.expect("second update");
+
+    let conflict = Err(StateError::Conflict { key: r.key() });
+    stale.node.tpm_usage = 3;
+    assert_eq!(node::update(l, &mut stale).await, conflict);
+    let mut stale_state = stale.clone();
+    stale_state.node.tpm_usage = fresh.node.tpm_usage;
+    assert_eq!(
+        node::set_state(l, &mut stale_state, NodeState::Standby).await,
+        conflict
+    );
+    assert_eq!(stale_state.state(), NodeState::New, "unchanged in memory");
+    let mut stale_key = node::load(l, &r.id).await.expect("load");
+    node::update(l, &mut fresh).await.expect("another update");
+    assert_eq!(
+        node::replace_join_key(l, &mut stale_key, key().public_key().as_bytes()).await,
+        conflict
+    );
+    assert_eq!(node::delete(l, &stale).await, conflict);
+    assert_eq!(node::mark_deleted_unchanged(l, &stale).await, conflict);
+    let stored = node::load(l, &r.id).await.expect("load");
+    assert_eq!(stored.node.tpm_usage, 1);
+    assert_eq!(stored.state(), NodeState::New);
+    assert!(!node::is_deleted(l, &r.id).await.expect("read"));
+
+    // A record decoded from bytes alone has no revision and is never written back.
+    let mut bare =
+        NodeRecord::decode(&r.id, &prost::Message::encode_to_vec(&stored.node)).expect("decode");
+    assert_eq!(node::update(l, &mut bare).await, conflict);
+
+    // Deleted (from a fresh read): the ID cannot be created again.
+    node::delete(l, &stored).await.expect("delete");
+    let (_, mut again) = new_record();
+    again.id = r.id.clone();
+    again.node.public_key = r.node.public_key.clone();
+    assert_eq!(
+        node::create(l, &mut again, NodeState::New).await,
+        Err(StateError::NodeExists { id: r.id.clone() })
+    );
+    assert!(node::load_opt(l, &r.id).await.expect("read").is_none());
+
     t.stop().await;
 }

@@ -2,8 +2,8 @@
 //! membership every 5 s): it clears whatever a handler cut halfway left behind, so nothing
 //! waits for an operator.
 //!
-//! Each pass, under `nodes_lock` (so it never sees a handler's change half-made), compares the
-//! etcd member list with the node records:
+//! Each pass, under `membership_lock` (so it never sees a membership change whose role is not
+//! saved yet), compares the etcd member list with the node records:
 //! - a node whose deletion has begun (tombstone written, record still there) is finished:
 //!   revoked, its member removed, its record removed ([`finish_deletion`]);
 //! - a member whose node has no record (deleted) is removed, voters with etcd's quorum check;
@@ -22,7 +22,9 @@
 //! both the members and the records (a sign that members and records are matched right), and
 //! the leader's own member is never touched (removing it would stop the leader's etcd).
 //! Membership changes are not guarded by the leadership (etcd has no such transaction), but
-//! the member list is read before the records, and every record write is guarded.
+//! the member list is read before the records, and every record write is guarded, by the
+//! leadership and by the record's revision as read: a record a handler changed since the
+//! pass read it is left for the next pass.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -70,7 +72,7 @@ struct Member {
 /// One pass; returns how many leftovers it cleared. A leftover it cannot clear now (e.g.
 /// the quorum check refuses) is logged and retried next pass.
 pub async fn reconcile(leader: &Leader) -> Result<usize, StateError> {
-    let _nodes = leader.nodes_lock.lock().await;
+    let _membership = leader.membership_lock.lock().await;
     let l = &leader.leadership;
     let own = leader.credentials.node_id();
     // Members before records: a node created after the member list was read cannot be
@@ -157,7 +159,17 @@ pub async fn reconcile(leader: &Leader) -> Result<usize, StateError> {
         let roles = changed.node.roles.get_or_insert_with(Default::default);
         roles.consensus_member = None;
         roles.kubernetes_controller = None;
-        node::update(l, &changed).await?;
+        match node::update(l, &mut changed).await {
+            Ok(()) => {}
+            Err(StateError::Conflict { .. }) => {
+                tracing::info!(
+                    "reconciler: node {} changed during the pass; looking again next pass",
+                    record.id
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         tracing::info!(
             "reconciler: node {} has no etcd member; its ConsensusMember role (and \
              KubernetesController) removed",

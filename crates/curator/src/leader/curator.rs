@@ -4,7 +4,7 @@
 //!
 //! The service itself only extracts the caller ([`PeerInfo`]) and hands off to one submodule
 //! per concern; every record access goes through the state layer, and read-modify-write
-//! sequences on node records hold `nodes_lock`.
+//! sequences on node records are optimistic (`crate::leader::optimistic`).
 
 use std::sync::Arc;
 

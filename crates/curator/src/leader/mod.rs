@@ -2,11 +2,16 @@
 //! [`Leader`] state. This is the service layer: handlers check requests and RPC
 //! preconditions, leave every record access to [`crate::state`] (which runs it under the
 //! leadership guard) and choose the gRPC status of its errors (one mapping, `status.rs`).
-//! Read-modify-write sequences on nodes hold `nodes_lock` (upstream `muNodes`), ticket
-//! creation `ticket_lock`. Callers without cluster credentials (RegisterNode, CommitNode,
-//! JoinNode, Escrow) never wait for either before their key or ticket has checked out, and
-//! take turns among themselves through [`Leader::admit_unauthenticated`], so however many
-//! of them call at once, they cannot crowd out the cluster's managers and nodes.
+//! Read-modify-write sequences on nodes are optimistic (upstream holds `muNodes` across
+//! them): each write is conditional on the record being unchanged since its read, and a
+//! handler whose write conflicts reads again and redoes its change ([`optimistic`]), so
+//! calls on different nodes never wait for each other. Only what etcd transactions cannot
+//! cover is serialised: etcd membership changes (`membership_lock`, against the background
+//! reconciler), WireGuard key claims (`clusternet_lock`) and ticket creation (`ticket_lock`).
+//! Callers without cluster credentials (RegisterNode, CommitNode, JoinNode, Escrow) take
+//! turns among themselves through [`Leader::admit_unauthenticated`] until their key or ticket
+//! has checked out, so however many of them call at once, they cannot crowd out the
+//! cluster's managers and nodes.
 
 use std::sync::Arc;
 
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use identity::NodeCredentials;
 use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::election::Leadership;
 use crate::health::{Clock, Heartbeats};
@@ -24,6 +29,7 @@ pub mod background;
 pub mod curator;
 pub mod filter;
 pub mod limits;
+pub mod live;
 pub mod local;
 pub mod management;
 mod status;
@@ -53,8 +59,16 @@ pub struct Leader {
     pub consensus: consensus::Status,
     /// Heartbeats received since this leadership started.
     pub heartbeats: Heartbeats,
-    /// Serialises read-modify-write sequences on node records.
-    pub nodes_lock: Mutex<()>,
+    /// The node IDs with a record, which heartbeats are checked against (see [`live`]).
+    pub live: live::LiveNodes,
+    /// Serialises etcd membership changes (UpdateNodeRoles of ConsensusMember, DeleteNode)
+    /// with the background reconciler, which must not mistake a member added a moment
+    /// before its role is saved for a leftover. Record writes need no lock (see
+    /// [`optimistic`]).
+    pub membership_lock: Mutex<()>,
+    /// Serialises WireGuard key claims: a key must be unique across node records, which no
+    /// single-record condition can check.
+    pub clusternet_lock: Mutex<()>,
     /// Serialises register-ticket creation and rotation.
     pub ticket_lock: Mutex<()>,
     /// The revocation set of this node's servers: DeleteNode updates it directly, so the
@@ -77,6 +91,12 @@ impl std::fmt::Debug for Leader {
     }
 }
 
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.live.stop();
+    }
+}
+
 impl Leader {
     /// A leader with fresh volatile state.
     pub fn new(
@@ -91,7 +111,9 @@ impl Leader {
             credentials,
             consensus,
             heartbeats: Heartbeats::new(clock),
-            nodes_lock: Mutex::new(()),
+            live: live::LiveNodes::default(),
+            membership_lock: Mutex::new(()),
+            clusternet_lock: Mutex::new(()),
             ticket_lock: Mutex::new(()),
             revocations,
             unauthenticated: Semaphore::new(MAX_UNAUTHENTICATED_IN_FLIGHT),
@@ -122,6 +144,39 @@ impl Leader {
     /// The curator keyspace.
     pub fn ns(&self) -> &kv::Namespaced {
         self.leadership.namespace()
+    }
+}
+
+/// How many times a handler redoes a read-modify-write whose write found the record changed
+/// since its read. Conflicts need two writers on the same node at once (a manager and the
+/// node itself, two managers); ten in a row means something rewrites the record constantly,
+/// and the caller is better told.
+pub const MAX_CONFLICT_ATTEMPTS: u32 = 10;
+
+/// Runs `attempt` (a read-modify-write of node records) until its write does not conflict
+/// (Aborted, from `StateError::Conflict`), at most [`MAX_CONFLICT_ATTEMPTS`] times, with a
+/// short growing pause between attempts so that writers racing on one record spread out.
+/// After the last, Aborted with what was tried.
+pub(crate) async fn optimistic<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Err(e) if e.code() == Code::Aborted && tries < MAX_CONFLICT_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(u64::from(tries))).await;
+            }
+            Err(e) if e.code() == Code::Aborted => {
+                return Err(Status::aborted(format!(
+                    "{what}: {} on each of {tries} attempts; retry",
+                    e.message()
+                )));
+            }
+            result => return result,
+        }
     }
 }
 

@@ -32,6 +32,9 @@ impl From<StateError> for Status {
             // the leader and retry.
             StateError::LostLeadership => Status::unavailable(message),
             StateError::Unavailable(_) => Status::unavailable(message),
+            // Only what is left once the handler's own retries ([`super::optimistic`]) gave
+            // up: the caller may try again.
+            StateError::Conflict { .. } => Status::aborted(message),
             // Not Unavailable: retrying does not help until the alarm is cleared, and the
             // operator should see what is wrong rather than a generic store failure.
             StateError::StoreFull(_) => Status::resource_exhausted(message),
@@ -107,6 +110,12 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (StateError::Internal("x".into()), Code::Internal),
+            (
+                StateError::Conflict {
+                    key: "/nodes/x".into(),
+                },
+                Code::Aborted,
+            ),
         ];
         for (e, code) in cases {
             let text = e.to_string();

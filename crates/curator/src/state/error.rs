@@ -75,6 +75,14 @@ pub enum StateError {
     #[error("{0}")]
     Unavailable(String),
 
+    /// An optimistic write found its record changed since it was read: read it again and
+    /// redo the change.
+    #[error("{key} changed concurrently")]
+    Conflict {
+        /// The etcd key (relative to the curator keyspace).
+        key: String,
+    },
+
     /// etcd's NOSPACE alarm is raised: its database reached the backend quota and the whole
     /// cluster refuses writes until the alarm is disarmed (reads still work). The consensus
     /// service of the member that raised it compacts, defragments and disarms it by itself

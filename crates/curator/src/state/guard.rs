@@ -27,7 +27,20 @@ impl Guarded {
     /// The (key, value) pairs of the first range response.
     pub fn first_range(&self) -> Vec<(String, Vec<u8>)> {
         first_range(&self.responses)
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect()
     }
+}
+
+/// One key as read, with the revision of its last write: what an optimistic writer compares
+/// against (`mod_revision(key) == mod_revision`) so that its write lands only on the value
+/// it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
 }
 
 impl Leadership {
@@ -91,16 +104,69 @@ impl Leadership {
         Ok(resp.first_range().into_iter().next().map(|(_, v)| v))
     }
 
+    /// Reads one key under the guard, with the revision of its last write.
+    pub(crate) async fn get_kv(&self, key: &str) -> Result<Option<Kv>, StateError> {
+        let resp = self.txn(vec![TxnOp::get(key, None)]).await?;
+        Ok(first_range(&resp.responses).into_iter().next())
+    }
+
     /// Reads `key` (or, with `prefix`, every key under it) under the guard, with the store
     /// revision of the read (from which a watch continues without gaps).
     pub(crate) async fn range(
         &self,
         key: &str,
         prefix: bool,
-    ) -> Result<(Vec<(String, Vec<u8>)>, i64), StateError> {
+    ) -> Result<(Vec<Kv>, i64), StateError> {
         let options = prefix.then(|| GetOptions::new().with_prefix());
         let resp = self.txn(vec![TxnOp::get(key, options)]).await?;
-        Ok((resp.first_range(), resp.revision))
+        Ok((first_range(&resp.responses), resp.revision))
+    }
+
+    /// The keys under `prefix` (no values) under the guard, with the store revision of the
+    /// read.
+    pub(crate) async fn keys(&self, prefix: &str) -> Result<(Vec<String>, i64), StateError> {
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let resp = self.txn(vec![TxnOp::get(prefix, Some(options))]).await?;
+        let keys = first_range(&resp.responses)
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        Ok((keys, resp.revision))
+    }
+
+    /// One page of a prefix read under the guard: at most `limit` keys from `from` (a key
+    /// under `prefix`, inclusive) on, at store revision `revision` (0: the current one, which
+    /// the answer names; later pages pass it back so that all pages are one snapshot).
+    /// Returns the keys, the revision read at, whether more keys follow and how many keys the
+    /// range from `from` holds in all.
+    pub(crate) async fn range_page(
+        &self,
+        prefix: &str,
+        from: &str,
+        limit: i64,
+        revision: i64,
+    ) -> Result<(Vec<Kv>, i64, bool, i64), StateError> {
+        let mut options = GetOptions::new()
+            .with_range(prefix_end(prefix))
+            .with_limit(limit);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = self.txn(vec![TxnOp::get(from, Some(options))]).await?;
+        let (more, count) = resp
+            .responses
+            .iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => Some((g.more(), g.count())),
+                _ => None,
+            })
+            .unwrap_or((false, 0));
+        let revision = if revision > 0 {
+            revision
+        } else {
+            resp.revision
+        };
+        Ok((first_range(&resp.responses), revision, more, count))
     }
 
     async fn run(&self, txn: Txn) -> Result<TxnResponse, StateError> {
@@ -116,19 +182,31 @@ fn revision(resp: &TxnResponse) -> i64 {
     resp.header().map_or(0, |h| h.revision())
 }
 
-/// The (key, value) pairs of the first range response among `responses`.
-fn first_range(responses: &[TxnOpResponse]) -> Vec<(String, Vec<u8>)> {
+/// The end of the range of keys under `prefix` (etcd's `with_prefix` rule: the prefix with
+/// its last byte incremented, trailing 0xff bytes dropped).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The keys of the first range response among `responses`.
+fn first_range(responses: &[TxnOpResponse]) -> Vec<Kv> {
     responses
         .iter()
         .find_map(|r| match r {
             TxnOpResponse::Get(g) => Some(
                 g.kvs()
                     .iter()
-                    .map(|kv| {
-                        (
-                            String::from_utf8_lossy(kv.key()).into_owned(),
-                            kv.value().to_vec(),
-                        )
+                    .map(|kv| Kv {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        value: kv.value().to_vec(),
+                        mod_revision: kv.mod_revision(),
                     })
                     .collect(),
             ),

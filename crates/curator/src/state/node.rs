@@ -7,6 +7,12 @@
 //! A record's state changes only through [`create`] and [`set_state`], which check the
 //! lifecycle table ([`super::lifecycle`]); [`update`] writes every other change and refuses a
 //! record whose state was changed behind the table's back.
+//!
+//! Writes are optimistic: a loaded record remembers the etcd revision it was last written at,
+//! and every write of it runs only if the key is still at that revision (in the same guarded
+//! transaction), so a read-modify-write never overwrites a change made since its read. If one
+//! was, the write fails with [`StateError::Conflict`] and the caller reads again and retries
+//! (`crate::leader::optimistic`); no lock is held across etcd round trips.
 
 use futures::{Stream, StreamExt, stream};
 use identity::PublicKey;
@@ -16,7 +22,7 @@ use prost::Message;
 use proto::common::{NodeRoles, NodeState};
 use proto::curator_private::Node;
 
-use super::guard::nth_value;
+use super::guard::{Kv, nth_value};
 use super::{StateError, lifecycle};
 use crate::election::Leadership;
 
@@ -39,21 +45,33 @@ pub struct NodeRecord {
     stored: Option<Stored>,
 }
 
-/// The fields of a stored record that [`update`] must not change.
-#[derive(Debug, Clone, PartialEq)]
+/// The fields of a stored record that [`update`] must not change, and the revision a write
+/// of it is conditional on.
+#[derive(Debug, Clone)]
 struct Stored {
     /// The raw state.
     state: i32,
     /// The join key (its index entry is written with the record).
     join_key: Vec<u8>,
+    /// The etcd revision of the record's last write as read (0: unknown, e.g. a record
+    /// decoded from bytes alone; writing such a record always conflicts).
+    mod_revision: i64,
 }
 
 impl Stored {
-    fn of(node: &Node) -> Self {
+    fn of(node: &Node, mod_revision: i64) -> Self {
         Self {
             state: node.fsm_state,
             join_key: node.join_key.clone(),
+            mod_revision,
         }
+    }
+}
+
+/// Records compare by content: the revision they were read at is bookkeeping.
+impl PartialEq for Stored {
+    fn eq(&self, other: &Self) -> bool {
+        self.state == other.state && self.join_key == other.join_key
     }
 }
 
@@ -94,8 +112,15 @@ impl NodeRecord {
     }
 
     /// Decodes a stored record, refusing one whose key does not match the ID derived from its
-    /// public key (such a record is corrupt or forged).
+    /// public key (such a record is corrupt or forged). Its revision is unknown, so it cannot
+    /// be written back (see [`NodeRecord::decode_at`]).
     pub fn decode(id: &str, bytes: &[u8]) -> Result<Self, StateError> {
+        Self::decode_at(id, bytes, 0)
+    }
+
+    /// [`NodeRecord::decode`] of a record read at `mod_revision` (its key's last write), which
+    /// a write of it is then conditional on.
+    pub(crate) fn decode_at(id: &str, bytes: &[u8], mod_revision: i64) -> Result<Self, StateError> {
         let key = format!("{NODES_PREFIX}{id}");
         let node = Node::decode(bytes).map_err(|e| StateError::corrupt(&key, e))?;
         let public_key =
@@ -109,9 +134,26 @@ impl NodeRecord {
         }
         Ok(Self {
             id: id.to_string(),
-            stored: Some(Stored::of(&node)),
+            stored: Some(Stored::of(&node, mod_revision)),
             node,
         })
+    }
+
+    /// The condition a write of this stored record runs under: its key is still at the
+    /// revision it was read (or last written) at.
+    fn unchanged(&self) -> Compare {
+        let revision = self.stored.as_ref().map_or(0, |s| s.mod_revision);
+        Compare::mod_revision(self.key(), CompareOp::Equal, revision)
+    }
+
+    /// Remembers a successful write at `revision`.
+    fn written(&mut self, revision: i64) {
+        self.stored = Some(Stored::of(&self.node, revision));
+    }
+
+    /// The conflict error for this record.
+    fn conflict(&self) -> StateError {
+        StateError::Conflict { key: self.key() }
     }
 
     /// The etcd key of this record.
@@ -157,9 +199,9 @@ pub async fn load(l: &Leadership, id: &str) -> Result<NodeRecord, StateError> {
 /// Loads a node; `None` if absent.
 pub async fn load_opt(l: &Leadership, id: &str) -> Result<Option<NodeRecord>, StateError> {
     let key = node_key(id)?;
-    l.get(&key)
+    l.get_kv(&key)
         .await?
-        .map(|bytes| NodeRecord::decode(id, &bytes))
+        .map(|kv| NodeRecord::decode_at(id, &kv.value, kv.mod_revision))
         .transpose()
 }
 
@@ -170,16 +212,66 @@ pub async fn load_all(l: &Leadership) -> Result<Vec<NodeRecord>, StateError> {
     Ok(decode_all(kvs))
 }
 
-fn decode_all(kvs: Vec<(String, Vec<u8>)>) -> Vec<NodeRecord> {
+/// One page of node records, in key order (see [`page`]).
+#[derive(Debug)]
+pub struct Page {
+    /// The records (corrupt ones skipped and logged, as by [`load_all`]).
+    pub records: Vec<NodeRecord>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<Cursor>,
+    /// How many records the read range held from this page on (corrupt ones included).
+    pub remaining: usize,
+}
+
+/// Where a paged read of the node records continues: one snapshot of the store, read in
+/// pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    from: String,
+    revision: i64,
+}
+
+/// Reads at most `limit` node records, from the start (`None`) or where `cursor` left off,
+/// under the guard. All pages of one read come from the same store revision, so together
+/// they are what [`load_all`] would have returned, whatever is written meanwhile (unless
+/// etcd compacts that revision away first: then the read fails and must start over).
+pub async fn page(
+    l: &Leadership,
+    cursor: Option<&Cursor>,
+    limit: usize,
+) -> Result<Page, StateError> {
+    let (from, revision) = match cursor {
+        Some(c) => (c.from.as_str(), c.revision),
+        None => (NODES_PREFIX, 0),
+    };
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let (kvs, revision, more, count) = l.range_page(NODES_PREFIX, from, limit, revision).await?;
+    let next = match kvs.last() {
+        Some(last) if more => Some(Cursor {
+            // The smallest key after the last one read.
+            from: format!("{}\0", last.key),
+            revision,
+        }),
+        _ => None,
+    };
+    Ok(Page {
+        records: decode_all(kvs),
+        next,
+        remaining: usize::try_from(count).unwrap_or(0),
+    })
+}
+
+fn decode_all(kvs: Vec<Kv>) -> Vec<NodeRecord> {
     kvs.into_iter()
-        .filter_map(|(k, v)| decode_logged(&k, &v))
+        .filter_map(|kv| decode_logged(&kv.key, &kv.value, kv.mod_revision))
         .collect()
 }
 
-/// Decodes `/nodes/<id>`; `None` (logged) for other keys and corrupt records.
-fn decode_logged(key: &str, value: &[u8]) -> Option<NodeRecord> {
+/// Decodes `/nodes/<id>` read at `mod_revision`; `None` (logged) for other keys and corrupt
+/// records.
+fn decode_logged(key: &str, value: &[u8], mod_revision: i64) -> Option<NodeRecord> {
     let id = key.strip_prefix(NODES_PREFIX)?;
-    NodeRecord::decode(id, value)
+    NodeRecord::decode_at(id, value, mod_revision)
         .map_err(|e| tracing::warn!("skipping node record: {e}"))
         .ok()
 }
@@ -198,8 +290,9 @@ pub(super) fn enter_initial(record: &mut NodeRecord, state: NodeState) -> Result
 }
 
 /// Stores a new node in `state` (whatever state `record` holds is replaced) with its join-key
-/// index entry: only if no record with its ID exists (NodeExists) and its join key is free or
-/// already indexed for it (JoinKeyInUse), checked in the same transaction as the write. The
+/// index entry: only if no record with its ID exists and its ID was never deleted
+/// (NodeExists: the caller reads again to tell which) and its join key is free or already
+/// indexed for it (JoinKeyInUse), checked in the same transaction as the write. The
 /// lifecycle table decides which states a node may be created in.
 pub async fn create(
     l: &Leadership,
@@ -208,9 +301,14 @@ pub async fn create(
 ) -> Result<(), StateError> {
     enter_initial(record, state)?;
     let absent = Compare::create_revision(record.key(), CompareOp::Equal, 0);
-    match claim_join_key(l, record, vec![absent], record.put_ops()).await? {
-        Claim::Written => {
-            record.stored = Some(Stored::of(&record.node));
+    let never_deleted = Compare::create_revision(
+        format!("{DELETED_PREFIX}{}", record.id),
+        CompareOp::Equal,
+        0,
+    );
+    match claim_join_key(l, record, vec![absent, never_deleted], record.put_ops()).await? {
+        Claim::Written(revision) => {
+            record.written(revision);
             Ok(())
         }
         Claim::Taken(owner) => Err(StateError::JoinKeyInUse { owner }),
@@ -221,10 +319,23 @@ pub async fn create(
 }
 
 /// Writes every change of a stored record except its state ([`set_state`]) and its join key
-/// ([`replace_join_key`]), with its join-key index entry, in one transaction.
-pub async fn update(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
+/// ([`replace_join_key`]), with its join-key index entry, in one transaction; Conflict if the
+/// record changed since it was read.
+pub async fn update(l: &Leadership, record: &mut NodeRecord) -> Result<(), StateError> {
     check_unchanged(record)?;
-    l.txn(record.put_ops()).await.map(|_| ())
+    write(l, record).await
+}
+
+/// Writes `record` if it is still at the revision it was read at, and remembers the new one.
+async fn write(l: &Leadership, record: &mut NodeRecord) -> Result<(), StateError> {
+    let r = l
+        .txn_if(vec![record.unchanged()], record.put_ops(), Vec::new())
+        .await?;
+    if !r.succeeded {
+        return Err(record.conflict());
+    }
+    record.written(r.revision);
+    Ok(())
 }
 
 /// Refuses a record that is not stored yet, or whose state or join key was changed directly:
@@ -270,11 +381,10 @@ pub async fn set_state(
         return Err(e);
     }
     record.node.fsm_state = to as i32;
-    if let Err(e) = l.txn(record.put_ops()).await {
+    if let Err(e) = write(l, record).await {
         record.node.fsm_state = from;
         return Err(e);
     }
-    record.stored = Some(Stored::of(&record.node));
     Ok(())
 }
 
@@ -296,10 +406,9 @@ pub async fn replace_join_key(
     if !old.is_empty() && old != join_key {
         ops.push(TxnOp::delete(join_key_index(&old), None));
     }
-    let unchanged = Compare::mod_revision(record.key(), CompareOp::Greater, 0);
-    match claim_join_key(l, record, vec![unchanged], ops).await {
-        Ok(Claim::Written) => {
-            record.stored = Some(Stored::of(&record.node));
+    match claim_join_key(l, record, vec![record.unchanged()], ops).await {
+        Ok(Claim::Written(revision)) => {
+            record.written(revision);
             Ok(())
         }
         Ok(Claim::Taken(owner)) => {
@@ -308,7 +417,7 @@ pub async fn replace_join_key(
         }
         Ok(Claim::ConditionFailed) => {
             record.node.join_key = old;
-            Err(StateError::not_found(format!("node {}", record.id)))
+            Err(record.conflict())
         }
         Err(e) => {
             record.node.join_key = old;
@@ -319,7 +428,8 @@ pub async fn replace_join_key(
 
 /// The outcome of [`claim_join_key`].
 enum Claim {
-    Written,
+    /// Written at this revision.
+    Written(i64),
     /// The join key is indexed for this other node.
     Taken(String),
     /// One of the caller's conditions failed.
@@ -337,7 +447,7 @@ async fn claim_join_key(
     let Some(index) = record.join_index() else {
         let r = l.txn_if(when, ops, Vec::new()).await?;
         return Ok(if r.succeeded {
-            Claim::Written
+            Claim::Written(r.revision)
         } else {
             Claim::ConditionFailed
         });
@@ -361,7 +471,7 @@ async fn claim_join_key(
 
     let free = attempt(Compare::create_revision(index.clone(), CompareOp::Equal, 0)).await?;
     if free.succeeded {
-        return Ok(Claim::Written);
+        return Ok(Claim::Written(free.revision));
     }
     match nth_value(&free.responses, 0) {
         Some(owner) if owner != id => {
@@ -373,7 +483,7 @@ async fn claim_join_key(
         Some(_) => {
             let ours = attempt(Compare::value(index.clone(), CompareOp::Equal, id)).await?;
             if ours.succeeded {
-                return Ok(Claim::Written);
+                return Ok(Claim::Written(ours.revision));
             }
             match nth_value(&ours.responses, 0) {
                 Some(owner) if owner != id => {
@@ -399,17 +509,30 @@ pub async fn mark_deleted(l: &Leadership, id: &str) -> Result<(), StateError> {
     .map(|_| ())
 }
 
+/// [`mark_deleted`] for a deletion that begins: only if `record` is unchanged since it was
+/// read (its deletion was checked on what was read); Conflict otherwise.
+pub async fn mark_deleted_unchanged(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
+    let tombstone = TxnOp::put(format!("{DELETED_PREFIX}{}", record.id), Vec::new(), None);
+    let r = l
+        .txn_if(vec![record.unchanged()], vec![tombstone], Vec::new())
+        .await?;
+    if !r.succeeded {
+        return Err(record.conflict());
+    }
+    Ok(())
+}
+
 /// Every node ID with a tombstone, under the guard.
 pub async fn tombstones(l: &Leadership) -> Result<Vec<String>, StateError> {
     let (kvs, _) = l.range(DELETED_PREFIX, true).await?;
     Ok(kvs
         .into_iter()
-        .filter_map(|(k, _)| deleted_id(k.as_bytes()))
+        .filter_map(|kv| deleted_id(kv.key.as_bytes()))
         .collect())
 }
 
 /// Deletes a node record and its join-key index entry, and leaves its tombstone, in one
-/// transaction.
+/// transaction; Conflict if the record changed since it was read (its join key may have).
 pub async fn delete(l: &Leadership, record: &NodeRecord) -> Result<(), StateError> {
     let mut ops = vec![
         TxnOp::delete(record.key(), None),
@@ -418,7 +541,11 @@ pub async fn delete(l: &Leadership, record: &NodeRecord) -> Result<(), StateErro
     if let Some(index) = record.join_index() {
         ops.push(TxnOp::delete(index, None));
     }
-    l.txn(ops).await.map(|_| ())
+    let r = l.txn_if(vec![record.unchanged()], ops, Vec::new()).await?;
+    if !r.succeeded {
+        return Err(record.conflict());
+    }
+    Ok(())
 }
 
 /// Whether the node `id` was deleted (its tombstone exists).
@@ -511,8 +638,66 @@ pub async fn load_unguarded(
     let resp = ns.get(key, None).await.map_err(StateError::etcd)?;
     resp.kvs()
         .first()
-        .map(|kv| NodeRecord::decode(id, kv.value()))
+        .map(|kv| NodeRecord::decode_at(id, kv.value(), kv.mod_revision()))
         .transpose()
+}
+
+/// The IDs of every node record (keys only), under the guard, with the revision
+/// [`presence_changes`] continues from.
+pub async fn ids(l: &Leadership) -> Result<(Vec<String>, i64), StateError> {
+    let (keys, revision) = l.keys(NODES_PREFIX).await?;
+    let ids = keys
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(NODES_PREFIX).map(str::to_string))
+        .filter(|id| !id.is_empty())
+        .collect();
+    Ok((ids, revision))
+}
+
+/// A node record appearing or disappearing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// Written (created or changed).
+    Created(String),
+    /// Deleted.
+    Removed(String),
+}
+
+/// Every node record written or deleted after `revision`, from a plain etcd watch that
+/// carries no values (only the key matters). The stream ends with an error when the watch
+/// fails or ends, so callers read again and watch again.
+pub async fn presence_changes(
+    ns: &kv::Namespaced,
+    revision: i64,
+) -> Result<impl Stream<Item = Result<Presence, StateError>> + Send + 'static, StateError> {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let watch = ns
+        .watch(NODES_PREFIX, Some(options))
+        .await
+        .map_err(StateError::etcd)?;
+    let changes = watch.flat_map(|batch| {
+        stream::iter(match batch {
+            Ok(b) => b
+                .events
+                .iter()
+                .filter_map(|e| {
+                    let id = String::from_utf8_lossy(&e.key)
+                        .strip_prefix(NODES_PREFIX)
+                        .filter(|id| !id.is_empty())
+                        .map(str::to_string)?;
+                    Some(Ok(match e.kind {
+                        EventKind::Put => Presence::Created(id),
+                        EventKind::Delete => Presence::Removed(id),
+                    }))
+                })
+                .collect(),
+            Err(e) => vec![Err(StateError::etcd(format!("watch: {e}")))],
+        })
+    });
+    let ended = stream::once(async { Err(StateError::etcd("watch ended")) });
+    Ok(changes.chain(ended))
 }
 
 /// Which nodes a watch follows.
@@ -586,7 +771,7 @@ pub fn batch_changes(batch: Result<WatchBatch, kv::Error>) -> Vec<Result<NodeCha
         Ok(b) => b
             .events
             .iter()
-            .filter_map(|e| change(e.kind, &e.key, &e.value))
+            .filter_map(|e| change(e.kind, &e.key, &e.value, e.mod_revision))
             .map(Ok)
             .collect(),
         Err(e) => vec![Err(StateError::etcd(format!("watch: {e}")))],
@@ -595,10 +780,12 @@ pub fn batch_changes(batch: Result<WatchBatch, kv::Error>) -> Vec<Result<NodeCha
 
 /// One change: a put becomes the record, a delete a tombstone. Keys that are not node records
 /// and records that do not decode are skipped.
-fn change(kind: EventKind, key: &[u8], value: &[u8]) -> Option<NodeChange> {
+fn change(kind: EventKind, key: &[u8], value: &[u8], mod_revision: i64) -> Option<NodeChange> {
     let key = String::from_utf8_lossy(key);
     match kind {
-        EventKind::Put => decode_logged(&key, value).map(|r| NodeChange::Put(Box::new(r))),
+        EventKind::Put => {
+            decode_logged(&key, value, mod_revision).map(|r| NodeChange::Put(Box::new(r)))
+        }
         EventKind::Delete => key
             .strip_prefix(NODES_PREFIX)
             .map(|id| NodeChange::Deleted(id.to_string())),
@@ -619,11 +806,11 @@ mod tests {
     #[test]
     fn deletes_become_tombstones_and_foreign_keys_are_skipped() {
         assert_eq!(
-            change(EventKind::Delete, b"/nodes/metropolis-ab", b""),
+            change(EventKind::Delete, b"/nodes/metropolis-ab", b"", 5),
             Some(NodeChange::Deleted("metropolis-ab".into()))
         );
-        assert!(change(EventKind::Delete, b"/other/x", b"").is_none());
-        assert!(change(EventKind::Put, b"/nodes/metropolis-ab", b"\xff garbage").is_none());
+        assert!(change(EventKind::Delete, b"/other/x", b"", 5).is_none());
+        assert!(change(EventKind::Put, b"/nodes/metropolis-ab", b"\xff garbage", 5).is_none());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! prefixes it routes, which other nodes pick up through Watch to build the mesh.
 //!
 //! Upstream keeps a leader-local key→node cache; we scan all records instead (one range read
-//! under `nodes_lock`), which needs no invalidation when nodes are deleted and costs little at
-//! the rate nodes change their networking.
+//! under `clusternet_lock`, which makes the key check and the write one step for every other
+//! claim), which needs no invalidation when nodes are deleted and costs little at the rate
+//! nodes change their networking.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -13,7 +14,7 @@ use proto::curator_api::{UpdateNodeClusterNetworkingRequest, UpdateNodeClusterNe
 use rpc::PeerInfo;
 use tonic::Status;
 
-use crate::leader::{Leader, limits};
+use crate::leader::{Leader, limits, optimistic};
 use crate::state::node;
 
 /// The cluster (pod) network every announced prefix must lie in, unless it is the node's own
@@ -44,11 +45,27 @@ pub(super) async fn update_node_cluster_networking(
     })?;
 
     let l = &leader.leadership;
-    let _nodes = leader.nodes_lock.lock().await;
+    let _claims = leader.clusternet_lock.lock().await;
+    let (caller, cn) = (caller.id.as_str(), &cn);
+    optimistic("UpdateNodeClusterNetworking", move || async move {
+        save(l, caller, cn, key).await
+    })
+    .await?;
+    Ok(UpdateNodeClusterNetworkingResponse {})
+}
+
+/// One attempt: checks the key against every other node and writes the caller's record;
+/// Conflict if the record changed meanwhile (the node's own status update).
+async fn save(
+    l: &crate::election::Leadership,
+    caller: &str,
+    cn: &NodeClusterNetworking,
+    key: [u8; WIREGUARD_KEY_LEN],
+) -> Result<(), Status> {
     let nodes = node::load_all(l).await?;
     if nodes
         .iter()
-        .any(|n| n.id != caller.id && wireguard_key_of(n.node.clusternet.as_ref()) == Some(key))
+        .any(|n| n.id != caller && wireguard_key_of(n.node.clusternet.as_ref()) == Some(key))
     {
         return Err(Status::invalid_argument(
             "public key already used by another node",
@@ -56,8 +73,8 @@ pub(super) async fn update_node_cluster_networking(
     }
     let mut record = nodes
         .into_iter()
-        .find(|n| n.id == caller.id)
-        .ok_or_else(|| Status::not_found(format!("node {} not found", caller.id)))?;
+        .find(|n| n.id == caller)
+        .ok_or_else(|| Status::not_found(format!("node {caller} not found")))?;
     let external = record
         .node
         .status
@@ -81,8 +98,8 @@ pub(super) async fn update_node_cluster_networking(
         wireguard_pubkey: base64_encode(&key),
         prefixes,
     });
-    node::update(l, &record).await?;
-    Ok(UpdateNodeClusterNetworkingResponse {})
+    node::update(l, &mut record).await?;
+    Ok(())
 }
 
 /// The decoded WireGuard key of a stored record, if it has a valid one.

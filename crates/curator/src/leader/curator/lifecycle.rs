@@ -16,7 +16,8 @@ use tonic::codegen::BoxStream;
 use tonic::{Status, Streaming};
 
 use super::state_name;
-use crate::leader::{Leader, limits};
+use crate::leader::live::Known;
+use crate::leader::{Leader, limits, optimistic};
 use crate::state::node;
 
 /// UpdateNodeStatus: a node replaces its own status; the timestamp is the curator's.
@@ -48,11 +49,14 @@ pub(super) async fn update_node_status(
     // Whatever the node claims, the time of the update is ours.
     status.timestamp = Some(prost_types::Timestamp::from(std::time::SystemTime::now()));
 
-    let _nodes = leader.nodes_lock.lock().await;
-    let mut record = node::load(&leader.leadership, &caller.id).await?;
-    record.node.status = Some(status);
-    node::update(&leader.leadership, &record).await?;
-    Ok(UpdateNodeStatusResponse {})
+    let status = &status;
+    optimistic("UpdateNodeStatus", move || async move {
+        let mut record = node::load(&leader.leadership, &caller.id).await?;
+        record.node.status = Some(status.clone());
+        node::update(&leader.leadership, &mut record).await?;
+        Ok(UpdateNodeStatusResponse {})
+    })
+    .await
 }
 
 /// Heartbeat: every message from the node is recorded and answered; the client closing its
@@ -63,6 +67,7 @@ pub(super) fn heartbeat(
     incoming: Streaming<HeartbeatUpdateRequest>,
 ) -> Result<BoxStream<HeartbeatUpdateResponse>, Status> {
     let id = peer.require_node()?.id.clone();
+    leader.live.start(leader);
     let leader = leader.clone();
     let replies = stream::unfold(Some(incoming), move |state| {
         let leader = leader.clone();
@@ -85,9 +90,16 @@ pub(super) fn heartbeat(
 /// Records one heartbeat. Going beyond upstream (which records heartbeats of anyone holding
 /// a node certificate): a node whose record is gone (deleted) gets NotFound instead, so a
 /// deleted node whose certificate still authenticates does not leave a live-looking entry in
-/// the leader's memory, and learns at once that it no longer belongs to the cluster.
+/// the leader's memory, and learns at once that it no longer belongs to the cluster. Whether
+/// the record exists comes from the leader's memory ([`crate::leader::live`]); only what that
+/// does not know is read from etcd.
 async fn beat(leader: &Leader, id: &str) -> Result<(), Status> {
-    if node::load_opt(&leader.leadership, id).await?.is_none() {
+    let exists = match leader.live.check(id) {
+        Known::Present => true,
+        Known::Deleted => false,
+        Known::Unknown => node::load_opt(&leader.leadership, id).await?.is_some(),
+    };
+    if !exists {
         return Err(Status::not_found(format!(
             "node {id} does not exist (anymore)"
         )));
@@ -115,26 +127,28 @@ pub(super) async fn report_decommission(
         }
     };
 
-    let _nodes = leader.nodes_lock.lock().await;
-    let mut record = node::load(&leader.leadership, &caller.id).await?;
-    let Some(next) = decommission_transition(stage, record.state()).map_err(|()| {
-        Status::failed_precondition(format!(
-            "node is {}, cannot report {}",
-            state_name(&record),
-            stage.as_str_name()
-        ))
-    })?
-    else {
-        return Ok(ReportDecommissionResponse {});
-    };
-    node::set_state(&leader.leadership, &mut record, next).await?;
-    tracing::info!(
-        "node {} reported {}: now {}",
-        caller.id,
-        stage.as_str_name(),
-        next.as_str_name()
-    );
-    Ok(ReportDecommissionResponse {})
+    optimistic("ReportDecommission", move || async move {
+        let mut record = node::load(&leader.leadership, &caller.id).await?;
+        let Some(next) = decommission_transition(stage, record.state()).map_err(|()| {
+            Status::failed_precondition(format!(
+                "node is {}, cannot report {}",
+                state_name(&record),
+                stage.as_str_name()
+            ))
+        })?
+        else {
+            return Ok(ReportDecommissionResponse {});
+        };
+        node::set_state(&leader.leadership, &mut record, next).await?;
+        tracing::info!(
+            "node {} reported {}: now {}",
+            caller.id,
+            stage.as_str_name(),
+            next.as_str_name()
+        );
+        Ok(ReportDecommissionResponse {})
+    })
+    .await
 }
 
 /// The state a decommission report moves a node to: `Ok(Some(next))` to change,

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use super::state_name;
 use crate::election::Leadership;
-use crate::leader::{Leader, limits};
+use crate::leader::{Leader, limits, optimistic};
 use crate::state::node::{self, NodeRecord};
 use crate::state::{StateError, cluster, pki};
 
@@ -52,45 +52,55 @@ pub(super) async fn register_node(
     drop(turn);
 
     let l = &leader.leadership;
-    let _nodes = leader.nodes_lock.lock().await;
     let config = cluster::configuration(l).await?;
     let tpm_usage = cluster::tpm_usage(&config, req.have_local_tpm)?;
     let id = identity::node_id(&node_key);
-    // Deleting a node revokes its node ID for good: registered again, it could never
-    // authenticate. Say so now rather than after a manager approved it.
-    if node::is_deleted(l, &id).await? {
-        return Err(Status::failed_precondition(format!(
-            "node {id} was deleted from this cluster, and a deleted node's key stays revoked; \
-             reinstall the machine so that it registers with a new key"
-        )));
-    }
-    ensure_join_key_free(l, &join_key, &id).await?;
-
-    let record = match node::load_opt(l, &id).await? {
-        Some(existing) if existing.state() == NodeState::New => {
-            retry_registration(l, existing, &join_key, tpm_usage).await?
-        }
-        Some(existing) => {
+    let labels = registration_labels(&id, req.labels);
+    let (id, join_key, labels, node_key) = (&id, &join_key, &labels, &node_key);
+    let record = optimistic("RegisterNode", move || async move {
+        // Deleting a node revokes its node ID for good: registered again, it could never
+        // authenticate. Say so now rather than after a manager approved it (the write
+        // checks it again, atomically).
+        if node::is_deleted(l, id).await? {
             return Err(Status::failed_precondition(format!(
-                "node {id} already exists, state {}",
-                state_name(&existing)
+                "node {id} was deleted from this cluster, and a deleted node's key stays revoked; \
+                 reinstall the machine so that it registers with a new key"
             )));
         }
-        None => {
-            let mut record = NodeRecord::new(
-                &node_key,
-                Node {
-                    join_key: join_key.as_bytes().to_vec(),
-                    tpm_usage: tpm_usage as i32,
-                    labels: registration_labels(&id, req.labels),
-                    ..Default::default()
-                },
-            );
-            node::create(l, &mut record, NodeState::New).await?;
-            tracing::info!("node {id} registered (NEW)");
-            record
+        ensure_join_key_free(l, join_key, id).await?;
+
+        match node::load_opt(l, id).await? {
+            Some(existing) if existing.state() == NodeState::New => {
+                retry_registration(l, existing, join_key, tpm_usage).await
+            }
+            Some(existing) => Err(Status::failed_precondition(format!(
+                "node {id} already exists, state {}",
+                state_name(&existing)
+            ))),
+            None => {
+                let mut record = NodeRecord::new(
+                    node_key,
+                    Node {
+                        join_key: join_key.as_bytes().to_vec(),
+                        tpm_usage: tpm_usage as i32,
+                        labels: labels.clone(),
+                        ..Default::default()
+                    },
+                );
+                match node::create(l, &mut record, NodeState::New).await {
+                    Ok(()) => {}
+                    // Created (or deleted) since the read above: read again.
+                    Err(StateError::NodeExists { .. }) => {
+                        return Err(StateError::Conflict { key: record.key() }.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                tracing::info!("node {id} registered (NEW)");
+                Ok(record)
+            }
         }
-    };
+    })
+    .await?;
     Ok(register_response(&config, &record))
 }
 
@@ -117,6 +127,7 @@ async fn retry_registration(
     join_key: &PublicKey,
     tpm_usage: NodeTpmUsage,
 ) -> Result<NodeRecord, Status> {
+    // Conflict if the record changed since it was read: the caller reads it again.
     record.node.tpm_usage = tpm_usage as i32;
     node::replace_join_key(l, &mut record, join_key.as_bytes()).await?;
     Ok(record)
@@ -223,27 +234,37 @@ pub(super) async fn commit_node(
         )));
     }
     let turn = leader.admit_unauthenticated().await?;
-    check_committable(&node::load(l, &id).await?, &req.cluster_unlock_key)?;
+    let first = node::load(l, &id).await?;
+    check_committable(&first, &req.cluster_unlock_key)?;
     drop(turn);
-    let _nodes = leader.nodes_lock.lock().await;
     let config = cluster::configuration(l).await?;
     cluster::validate_storage(&config, security)?;
-    let mut record = node::load(l, &id).await?;
-    let commit = check_committable(&record, &req.cluster_unlock_key)?;
 
-    // Issued before the state change is saved: if saving fails the node retries, and the
-    // certificate (stored per key) comes back unchanged. A repeat gets the same one.
-    let (ca_certificate, node_certificate) = pki::leader_node_certificate(l, &node_key).await?;
-    if commit == Commit::Repeat {
-        tracing::info!("node {id} repeated its CommitNode; answering as the first time");
-        return Ok(CommitNodeResponse {
-            ca_certificate,
-            node_certificate,
-        });
-    }
-    record.node.cluster_unlock_key = req.cluster_unlock_key;
-    node::set_state(l, &mut record, NodeState::Up).await?;
-    tracing::info!("node {id} committed (UP)");
+    // The record read above serves the first attempt; a conflict reads it again.
+    let mut loaded = Some(first);
+    let (id, req, node_key) = (&id, &req, &node_key);
+    let (ca_certificate, node_certificate) = optimistic("CommitNode", move || {
+        let first = loaded.take();
+        async move {
+            let mut record = match first {
+                Some(record) => record,
+                None => node::load(l, id).await?,
+            };
+            let commit = check_committable(&record, &req.cluster_unlock_key)?;
+            // Issued before the state change is saved: if saving fails the node retries, and the
+            // certificate (stored per key) comes back unchanged. A repeat gets the same one.
+            let issued = pki::leader_node_certificate(l, node_key).await?;
+            if commit == Commit::Repeat {
+                tracing::info!("node {id} repeated its CommitNode; answering as the first time");
+                return Ok(issued);
+            }
+            record.node.cluster_unlock_key = req.cluster_unlock_key.clone();
+            node::set_state(l, &mut record, NodeState::Up).await?;
+            tracing::info!("node {id} committed (UP)");
+            Ok(issued)
+        }
+    })
+    .await?;
     // A reply lost after the save (the node then repeats its CommitNode).
     fail::fail_point!("curator::commit_node::after_save", |arg| {
         crate::failpoint::exit_if_asked("curator::commit_node::after_save", arg.as_deref());

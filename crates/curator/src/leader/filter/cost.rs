@@ -103,6 +103,35 @@ pub fn measure(root: &IdedExpr, max_nodes: usize, max_depth: usize) -> Result<Me
     })
 }
 
+/// The fields of `node` an expression reads (`node.<field>`, `has(node.<field>)`), or
+/// `None` if it uses `node` otherwise (whole, or under a comprehension variable of that
+/// name): then it needs every field. Iterative, like [`measure`].
+pub fn node_fields(root: &IdedExpr) -> Option<Vec<String>> {
+    let mut fields: Vec<String> = Vec::new();
+    let mut stack = vec![root];
+    while let Some(e) = stack.pop() {
+        match &e.expr {
+            Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(n) if n == "node") => {
+                if !fields.contains(&s.field) {
+                    fields.push(s.field.clone());
+                }
+                continue;
+            }
+            Expr::Ident(name) if name == "node" => return None,
+            Expr::Comprehension(c)
+                if c.iter_var == "node"
+                    || c.accu_var == "node"
+                    || c.iter_var2.as_deref() == Some("node") =>
+            {
+                return None;
+            }
+            _ => {}
+        }
+        stack.extend(children(&e.expr));
+    }
+    Some(fields)
+}
+
 /// The direct children of an expression.
 fn children(e: &Expr) -> Vec<&IdedExpr> {
     match e {

@@ -26,6 +26,7 @@
 //! goes away.
 
 mod cost;
+mod native;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -129,6 +130,60 @@ pub struct NodeFilter {
     program: Option<Arc<Program>>,
     /// Estimated work per node.
     cost: u64,
+    /// The fields of `node` the program reads: only those are built for it (most of the
+    /// cost of a simple filter was building the whole node as CEL values).
+    fields: Fields,
+    /// The program in native form, if it is one of the common filters ([`native`]): then
+    /// CEL does not run at all.
+    native: Option<Arc<native::Native>>,
+}
+
+/// Which top-level fields of `node` a filter reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fields {
+    pubkey: bool,
+    id: bool,
+    state: bool,
+    status: bool,
+    roles: bool,
+    health: bool,
+    time_since_heartbeat: bool,
+    tpm_usage: bool,
+    labels: bool,
+}
+
+impl Fields {
+    const ALL: Fields = Fields {
+        pubkey: true,
+        id: true,
+        state: true,
+        status: true,
+        roles: true,
+        health: true,
+        time_since_heartbeat: true,
+        tpm_usage: true,
+        labels: true,
+    };
+
+    /// The fields named in `names` (`None`: all). Names that are no field of `node` are
+    /// left to the evaluation, which reports them as before.
+    fn of(names: Option<Vec<String>>) -> Self {
+        let Some(names) = names else {
+            return Self::ALL;
+        };
+        let has = |f: &str| names.iter().any(|n| n == f);
+        Fields {
+            pubkey: has("pubkey"),
+            id: has("id"),
+            state: has("state"),
+            status: has("status"),
+            roles: has("roles"),
+            health: has("health"),
+            time_since_heartbeat: has("time_since_heartbeat"),
+            tpm_usage: has("tpm_usage"),
+            labels: has("labels"),
+        }
+    }
 }
 
 impl NodeFilter {
@@ -139,6 +194,8 @@ impl NodeFilter {
             return Ok(Self {
                 program: None,
                 cost: 0,
+                fields: Fields::ALL,
+                native: None,
             });
         }
         if source.len() > MAX_FILTER_BYTES {
@@ -175,9 +232,14 @@ impl NodeFilter {
                 measure.cost
             )));
         }
+        let fields = Fields::of(cost::node_fields(program.expression()));
+        let constants: std::collections::HashMap<String, i64> = constants().into_iter().collect();
+        let native = native::compile(program.expression(), &constants).map(Arc::new);
         Ok(Self {
             program: Some(Arc::new(program)),
             cost: measure.cost,
+            fields,
+            native,
         })
     }
 
@@ -191,7 +253,14 @@ impl NodeFilter {
     pub fn select(&self, nodes: Vec<api::Node>) -> Result<Vec<api::Node>, Status> {
         match &self.program {
             None => Ok(nodes),
-            Some(program) => evaluate(program, nodes, &AtomicBool::new(false), None),
+            Some(program) => evaluate(
+                program,
+                self.native.as_deref(),
+                self.fields,
+                nodes,
+                &AtomicBool::new(false),
+                None,
+            ),
         }
     }
 }
@@ -260,34 +329,121 @@ impl FilterPool {
         filter: &NodeFilter,
         nodes: Vec<api::Node>,
     ) -> Result<Vec<api::Node>, Status> {
-        let Some(program) = filter.program.clone() else {
-            return Ok(nodes);
-        };
-        let total = filter.cost.saturating_mul(nodes.len() as u64);
-        if total > MAX_COST_PER_CALL {
+        let mut selection = self.selection(filter, nodes.len())?;
+        selection.select(nodes).await
+    }
+
+    /// Starts the evaluation of `filter` over a call's `total` nodes, which come in batches
+    /// ([`Selection::select`]), so that the call can stream each batch's matches while the
+    /// next is read. ResourceExhausted if the call would exceed [`MAX_COST_PER_CALL`].
+    pub fn selection(&self, filter: &NodeFilter, total: usize) -> Result<Selection, Status> {
+        let work = filter.cost.saturating_mul(total as u64);
+        if work > MAX_COST_PER_CALL {
             return Err(Status::resource_exhausted(format!(
-                "filter may take up to {} steps per node, {total} for the {} nodes of this \
+                "filter may take up to {} steps per node, {work} for the {total} nodes of this \
                  cluster; the limit per call is {MAX_COST_PER_CALL}: simplify the filter",
                 filter.cost,
-                nodes.len()
             )));
         }
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+        Ok(Selection {
+            program: filter.program.clone(),
+            native: filter.native.clone(),
+            fields: filter.fields,
+            permits: self.permits.clone(),
+            capacity: self.capacity,
+            budget: self.budget,
+            spent: Duration::ZERO,
+            done: 0,
+            total,
+        })
+    }
+}
+
+/// One call's evaluation of a filter, batch by batch. Each batch takes a turn of the pool
+/// (the first is refused if none is free, as a whole call was; later ones wait for one
+/// within what is left of the budget), so a call whose caller reads slowly holds no turn
+/// while it waits. The wall-clock budget covers the evaluation of all batches together.
+#[derive(Debug)]
+pub struct Selection {
+    program: Option<Arc<Program>>,
+    native: Option<Arc<native::Native>>,
+    fields: Fields,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    budget: Duration,
+    /// Evaluation time (and waits for a turn) so far.
+    spent: Duration,
+    /// Nodes evaluated so far.
+    done: usize,
+    /// Nodes of the call (for messages).
+    total: usize,
+}
+
+impl Selection {
+    /// The nodes of the next batch that the filter selects, in their order (see
+    /// [`FilterPool::select`] for the errors). Dropping the future stops the evaluation at
+    /// the next node.
+    pub async fn select(&mut self, nodes: Vec<api::Node>) -> Result<Vec<api::Node>, Status> {
+        let Some(program) = self.program.clone() else {
+            self.done += nodes.len();
+            return Ok(nodes);
+        };
+        if nodes.is_empty() {
+            return Ok(nodes);
+        }
+        let started = std::time::Instant::now();
+        let remaining = self.budget.saturating_sub(self.spent);
+        let out_of_budget = |done: usize, total: usize, budget: Duration| {
+            Status::resource_exhausted(format!(
+                "filter evaluation ran out of its {budget:?} budget after {done} of {total} \
+                 nodes; simplify the filter"
+            ))
+        };
+        let busy = || {
             Status::resource_exhausted(format!(
                 "the limit of {} concurrent filter evaluations is reached; retry later",
                 self.capacity
             ))
-        })?;
+        };
+        let permit = if self.done == 0 {
+            self.permits
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| busy())?
+        } else {
+            tokio::time::timeout(remaining, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| out_of_budget(self.done, self.total, self.budget))?
+                .map_err(|_| Status::unavailable("the filter pool is shut down"))?
+        };
         let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
         let stopped = stop.0.clone();
         // std's clock, not tokio's: the check runs on a blocking thread, outside the runtime.
-        let deadline = std::time::Instant::now() + self.budget;
-        let budget = self.budget;
-        off_runtime("curator-filter-eval", move || {
+        let deadline = started + remaining;
+        let (budget, done, total, fields) = (self.budget, self.done, self.total, self.fields);
+        let count = nodes.len();
+        let limit = Deadline {
+            at: deadline,
+            budget,
+            offset: done,
+            total,
+        };
+        let native = self.native.clone();
+        let selected = off_runtime("curator-filter-eval", move || {
             let _permit = permit;
-            evaluate(&program, nodes, &stopped, Some((deadline, budget)))
+            evaluate(
+                &program,
+                native.as_deref(),
+                fields,
+                nodes,
+                &stopped,
+                Some(limit),
+            )
         })
-        .await
+        .await;
+        self.spent += started.elapsed();
+        self.done += count;
+        selected
     }
 }
 
@@ -324,30 +480,52 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// When an evaluation must end, for a batch of a call: `offset` nodes of `total` came before.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: std::time::Instant,
+    budget: Duration,
+    offset: usize,
+    total: usize,
+}
+
 /// Evaluates `program` for every node, checking `stop` and the deadline between nodes (one
 /// node's evaluation is bounded by [`MAX_COST_PER_NODE`]).
 fn evaluate(
     program: &Program,
+    native: Option<&native::Native>,
+    fields: Fields,
     nodes: Vec<api::Node>,
     stop: &AtomicBool,
-    deadline: Option<(std::time::Instant, Duration)>,
+    deadline: Option<Deadline>,
 ) -> Result<Vec<api::Node>, Status> {
-    let root = root_context();
+    // CEL's scope only where CEL runs.
+    let root = native.is_none().then(root_context);
     let total = nodes.len();
     let mut selected = Vec::with_capacity(total);
     for (done, node) in nodes.into_iter().enumerate() {
         if stop.load(Ordering::Acquire) {
             return Err(Status::cancelled("the caller went away"));
         }
-        if let Some((deadline, budget)) = deadline
-            && std::time::Instant::now() > deadline
+        if let Some(d) = deadline
+            && std::time::Instant::now() > d.at
         {
             return Err(Status::resource_exhausted(format!(
-                "filter evaluation ran out of its {budget:?} budget after {done} of {total} \
-                 nodes; simplify the filter"
+                "filter evaluation ran out of its {:?} budget after {} of {} nodes; simplify \
+                 the filter",
+                d.budget,
+                d.offset + done,
+                d.total.max(total)
             )));
         }
-        if matches(program, &root, &node)? {
+        let matched = match (native, &root) {
+            (Some(native), _) => native.matches(&node),
+            (None, Some(root)) => matches(program, root, fields, &node)?,
+            (None, None) => {
+                return Err(Status::internal("filter evaluation without a scope"));
+            }
+        };
+        if matched {
             selected.push(node);
         }
     }
@@ -391,8 +569,13 @@ fn constants() -> Vec<(String, i64)> {
 }
 
 /// Evaluates the program for one node.
-fn matches(program: &Program, root: &Context<'_, '_>, node: &api::Node) -> Result<bool, Status> {
-    let value = cel::to_value(CelNode::from(node)).map_err(|e| {
+fn matches(
+    program: &Program,
+    root: &Context<'_, '_>,
+    fields: Fields,
+    node: &api::Node,
+) -> Result<bool, Status> {
+    let value = cel::to_value(CelNode::new(node, fields)).map_err(|e| {
         Status::unavailable(format!(
             "building the filter input for node {}: {e}",
             node.id
@@ -444,20 +627,26 @@ fn classify(e: &ExecutionError) -> Outcome {
     }
 }
 
-/// `node`: a mirror of `api::Node` with proto field names.
+/// `node`: a mirror of `api::Node` with proto field names, holding the fields the filter
+/// reads (a field it does not read is left out: it cannot tell).
 #[derive(Serialize)]
 struct CelNode<'a> {
-    pubkey: Bytes<'a>,
-    id: &'a str,
-    state: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pubkey: Option<Bytes<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<CelStatus<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     roles: Option<CelRoles>,
-    health: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     time_since_heartbeat: Option<cel::Duration>,
-    tpm_usage: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tpm_usage: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<CelLabels<'a>>,
 }
@@ -516,13 +705,14 @@ impl Serialize for Bytes<'_> {
     }
 }
 
-impl<'a> From<&'a api::Node> for CelNode<'a> {
-    fn from(n: &'a api::Node) -> Self {
+impl<'a> CelNode<'a> {
+    fn new(n: &'a api::Node, fields: Fields) -> Self {
+        let f = fields;
         CelNode {
-            pubkey: Bytes(&n.pubkey),
-            id: &n.id,
-            state: i64::from(n.state),
-            status: n.status.as_ref().map(|s| CelStatus {
+            pubkey: f.pubkey.then_some(Bytes(&n.pubkey)),
+            id: f.id.then_some(n.id.as_str()),
+            state: f.state.then_some(i64::from(n.state)),
+            status: n.status.as_ref().filter(|_| f.status).map(|s| CelStatus {
                 external_address: &s.external_address,
                 running_curator: s.running_curator.as_ref().map(|c| CelRunningCurator {
                     port: i64::from(c.port),
@@ -530,15 +720,19 @@ impl<'a> From<&'a api::Node> for CelNode<'a> {
                 timestamp: s.timestamp.as_ref().and_then(timestamp),
                 boot_id: Bytes(&s.boot_id),
             }),
-            roles: n.roles.as_ref().map(|r| CelRoles {
+            roles: n.roles.as_ref().filter(|_| f.roles).map(|r| CelRoles {
                 kubernetes_worker: r.kubernetes_worker.as_ref().map(|_| Marker {}),
                 consensus_member: r.consensus_member.as_ref().map(|_| Marker {}),
                 kubernetes_controller: r.kubernetes_controller.as_ref().map(|_| Marker {}),
             }),
-            health: i64::from(n.health),
-            time_since_heartbeat: n.time_since_heartbeat.as_ref().and_then(duration),
-            tpm_usage: i64::from(n.tpm_usage),
-            labels: n.labels.as_ref().map(|l| CelLabels {
+            health: f.health.then_some(i64::from(n.health)),
+            time_since_heartbeat: n
+                .time_since_heartbeat
+                .as_ref()
+                .filter(|_| f.time_since_heartbeat)
+                .and_then(duration),
+            tpm_usage: f.tpm_usage.then_some(i64::from(n.tpm_usage)),
+            labels: n.labels.as_ref().filter(|_| f.labels).map(|l| CelLabels {
                 pairs: l
                     .pairs
                     .iter()
@@ -648,6 +842,118 @@ mod tests {
         ];
         for (filter, want) in cases {
             assert_eq!(ids(filter, &n).expect(filter), *want, "{filter}");
+        }
+    }
+
+    /// A filter gets only the fields it reads, and selects exactly what it selects with the
+    /// whole node (errors included); one that uses `node` otherwise gets everything.
+    #[test]
+    fn only_the_fields_read_are_built() {
+        let mut n = sample();
+        n[0].labels = Some(proto::common::NodeLabels {
+            pairs: vec![proto::common::node_labels::Pair {
+                key: "rack".into(),
+                value: "r1".into(),
+            }],
+        });
+        let filters = [
+            "node.state == NODE_STATE_UP",
+            "has(node.roles.kubernetes_worker) && node.state == NODE_STATE_UP",
+            "!has(node.status)",
+            "node.id == \"b\" || node.status.external_address == \"10.1.0.3\"",
+            "node.time_since_heartbeat < duration('6s')",
+            "has(node.labels) && node.labels.pairs.exists(p, p.key == 'rack' && p.value == 'r1')",
+            "size(node.pubkey) == 32 && node.tpm_usage == NODE_TPM_NOT_PRESENT",
+            "node.health == HEALTHY",
+            "[node].exists(x, x.id == 'a')",
+            "[1].exists(node, node == 1)",
+            "node.stat == 1",
+            "node.id == 1",
+        ];
+        for filter in filters {
+            let f = NodeFilter::compile(filter).expect(filter);
+            let program = f.program.clone().expect("a program");
+            let pruned = evaluate(
+                &program,
+                None,
+                f.fields,
+                n.clone(),
+                &AtomicBool::new(false),
+                None,
+            );
+            let whole = evaluate(
+                &program,
+                None,
+                Fields::ALL,
+                n.clone(),
+                &AtomicBool::new(false),
+                None,
+            );
+            match (pruned, whole) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{filter}"),
+                (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "{filter}"),
+                (a, b) => panic!("{filter}: {a:?} against {b:?}"),
+            }
+        }
+        let fields = |filter: &str| NodeFilter::compile(filter).expect(filter).fields;
+        let state_only = fields("node.state == NODE_STATE_UP");
+        assert!(state_only.state && !state_only.labels && !state_only.status);
+        assert_eq!(fields("[node].size() == 1"), Fields::ALL);
+        assert_eq!(fields("[1].exists(node, node == 1)"), Fields::ALL);
+    }
+
+    /// The common filters run natively, with CEL's results on every sample node (a node
+    /// without roles included, where CEL fails on `has(node.roles.…)` unless the other side
+    /// of `&&`/`||` decides); others stay with CEL.
+    #[test]
+    fn common_filters_run_natively_with_cels_results() {
+        let mut n = sample();
+        let mut bare = node("d", NodeState::Up, None, false, 1);
+        bare.roles = None;
+        n.push(bare);
+        let native = [
+            "node.state == NODE_STATE_UP && has(node.roles.kubernetes_worker)",
+            "node.state == NODE_STATE_UP",
+            "NODE_STATE_NEW == node.state || node.state != 3",
+            "!has(node.roles.consensus_member)",
+            "has(node.roles.kubernetes_controller) || node.id == 'd'",
+            "node.state == NODE_STATE_UP && has(node.roles.kubernetes_worker) || node.id == \"d\"",
+            "false || node.id != 'a'",
+            "node.state == 1 && true",
+        ];
+        for filter in native {
+            let f = NodeFilter::compile(filter).expect(filter);
+            assert!(f.native.is_some(), "{filter} runs natively");
+            let program = f.program.clone().expect("a program");
+            let fast = evaluate(
+                &program,
+                f.native.as_deref(),
+                f.fields,
+                n.clone(),
+                &AtomicBool::new(false),
+                None,
+            )
+            .expect(filter);
+            let slow = evaluate(
+                &program,
+                None,
+                Fields::ALL,
+                n.clone(),
+                &AtomicBool::new(false),
+                None,
+            )
+            .expect(filter);
+            assert_eq!(fast, slow, "{filter}");
+        }
+        for filter in [
+            "node.state == NODE_STATE_UNKNOWN_NAME",
+            "node.state == 1u",
+            "has(node.status)",
+            "node.labels.pairs.exists(p, p.key == 'x')",
+            "node.health == HEALTHY",
+        ] {
+            let native = NodeFilter::compile(filter).map(|f| f.native.is_some());
+            assert_ne!(native.ok(), Some(true), "{filter} stays with CEL");
         }
     }
 

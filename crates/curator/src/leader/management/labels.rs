@@ -8,7 +8,7 @@ use proto::common::node_labels::Pair;
 use tonic::Status;
 
 use super::node_id;
-use crate::leader::Leader;
+use crate::leader::{Leader, optimistic};
 use crate::state::node;
 
 /// Checks the request, then applies it to the stored labels. InvalidArgument for invalid or
@@ -30,20 +30,23 @@ pub(super) async fn update_node_labels(
         Some(Which::Id(id)) => node_id(None, Some(id))?,
         None => node_id(None, None)?,
     };
-    let _guard = leader.nodes_lock.lock().await;
-    let mut record = node::load(&leader.leadership, &id).await?;
-    let current = record
-        .node
-        .labels
-        .take()
-        .map(|l| l.pairs)
-        .unwrap_or_default();
-    let pairs = apply(current, &req.upsert, &req.delete);
-    labels::check_count(pairs.len())
-        .map_err(|e| Status::out_of_range(format!("node {id}: {e}")))?;
-    record.node.labels = Some(NodeLabels { pairs });
-    node::update(&leader.leadership, &record).await?;
-    Ok(UpdateNodeLabelsResponse {})
+    let (id, req) = (&id, &req);
+    optimistic("UpdateNodeLabels", move || async move {
+        let mut record = node::load(&leader.leadership, id).await?;
+        let current = record
+            .node
+            .labels
+            .take()
+            .map(|l| l.pairs)
+            .unwrap_or_default();
+        let pairs = apply(current, &req.upsert, &req.delete);
+        labels::check_count(pairs.len())
+            .map_err(|e| Status::out_of_range(format!("node {id}: {e}")))?;
+        record.node.labels = Some(NodeLabels { pairs });
+        node::update(&leader.leadership, &mut record).await?;
+        Ok(UpdateNodeLabelsResponse {})
+    })
+    .await
 }
 
 /// The labels after deleting and upserting, sorted by key.

@@ -5,8 +5,9 @@
 //!
 //! Permissions are enforced by the authorization layer before a handler runs; the
 //! handlers check the RPC's preconditions and leave every record access to the state layer.
-//! Read-modify-write sequences on node records hold `nodes_lock` (upstream `muNodes`) so
-//! concurrent calls cannot interleave. Where this implementation goes beyond upstream (ticket
+//! Read-modify-write sequences on node records are optimistic (`crate::leader::optimistic`;
+//! upstream holds `muNodes`): a write lands only on the record as read, else the handler
+//! reads again, so concurrent calls cannot interleave. Where this implementation goes beyond upstream (ticket
 //! rotation, decommissioning, revocation on delete, etcd membership changes), the handler
 //! says so and why.
 //!

@@ -2,6 +2,7 @@
 //! admitting them (ApproveNode), retiring them (DecommissionNode, ours) and removing them
 //! (DeleteNode). State changes go through [`node::set_state`], i.e. the lifecycle table.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use proto::api::{
@@ -16,32 +17,97 @@ use tonic::codegen::BoxStream;
 use super::labels::sorted;
 use super::{is_decommissioning, node_id, role_names, state_name};
 use crate::health::{self, Heartbeats};
-use crate::leader::Leader;
+use crate::leader::{Leader, optimistic};
 use crate::state::{NodeRecord, node, pki};
 
-/// Every node (or those the CEL filter selects) with its health, from one read.
+/// Records in the first page GetNodes reads: few, so that the first nodes go out within
+/// milliseconds however large the cluster.
+const FIRST_PAGE: usize = 100;
+
+/// Records in each later page: large enough that the per-read cost is small against
+/// decoding and filtering, small enough that a page is a few hundred KiB.
+const PAGE: usize = 500;
+
+/// Matching nodes buffered between the reader and a slow caller; the reader waits beyond.
+const STREAM_BUFFER: usize = 256;
+
+/// Every node (or those the CEL filter selects) with its health, from one snapshot of the
+/// store read in pages, each page's matches sent while the next is read. The first page is
+/// read and filtered before the call answers, so a filter that fails on the first nodes (a
+/// type error, a missing field) or is over a limit is the call's status, not a stream cut
+/// off after its headers.
 pub(super) async fn get_nodes(
-    leader: &Leader,
+    leader: &Arc<Leader>,
     req: GetNodesRequest,
 ) -> Result<BoxStream<api::Node>, Status> {
     // Compile first: a broken filter costs no etcd read.
     let filter = leader.filters.compile(req.filter).await?;
-    let records = {
-        let _guard = leader.nodes_lock.lock().await;
-        node::load_all(&leader.leadership).await?
-    };
     // One instant for all nodes, as upstream, so their heartbeat ages are comparable.
     let now = leader.heartbeats.now();
-    let nodes = records
+    let first = node::page(&leader.leadership, None, FIRST_PAGE).await?;
+    let mut selection = leader.filters.selection(&filter, first.remaining)?;
+    let nodes = first
+        .records
         .iter()
         .map(|r| api_node(r, &leader.heartbeats, now))
         .collect();
-    // Evaluated before streaming, so a filter error is the call's status rather than a stream
-    // cut off halfway.
-    let selected = leader.filters.select(&filter, nodes).await?;
-    Ok(Box::pin(futures::stream::iter(
-        selected.into_iter().map(Ok),
-    )))
+    let selected = selection.select(nodes).await?;
+    let Some(mut cursor) = first.next else {
+        return Ok(Box::pin(futures::stream::iter(
+            selected.into_iter().map(Ok),
+        )));
+    };
+
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+    let leader = leader.clone();
+    tokio::spawn(async move {
+        for node in selected {
+            if tx.send(Ok(node)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let page = match node::page(&leader.leadership, Some(&cursor), PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let nodes = page
+                .records
+                .iter()
+                .map(|r| api_node(r, &leader.heartbeats, now))
+                .collect();
+            // Stops at the next node if the caller goes away (the send below fails, this
+            // task ends and drops the evaluation).
+            let selected = tokio::select! {
+                selected = selection.select(nodes) => selected,
+                _ = tx.closed() => return,
+            };
+            match selected {
+                Ok(selected) => {
+                    for node in selected {
+                        if tx.send(Ok(node)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+            match page.next {
+                Some(next) => cursor = next,
+                None => return,
+            }
+        }
+    });
+    let mut rx = rx;
+    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+    })))
 }
 
 /// NEW → STANDBY; STANDBY and UP are already approved (idempotent).
@@ -50,22 +116,25 @@ pub(super) async fn approve_node(
     req: ApproveNodeRequest,
 ) -> Result<ApproveNodeResponse, Status> {
     let id = node_id(Some(&req.pubkey), None)?;
-    let _guard = leader.nodes_lock.lock().await;
-    let mut record = node::load(&leader.leadership, &id).await?;
-    match record.state() {
-        NodeState::Standby | NodeState::Up => {}
-        NodeState::New => {
-            node::set_state(&leader.leadership, &mut record, NodeState::Standby).await?;
-            tracing::info!("approved node {id} (NEW → STANDBY)");
+    let id = &id;
+    optimistic("ApproveNode", move || async move {
+        let mut record = node::load(&leader.leadership, id).await?;
+        match record.state() {
+            NodeState::Standby | NodeState::Up => {}
+            NodeState::New => {
+                node::set_state(&leader.leadership, &mut record, NodeState::Standby).await?;
+                tracing::info!("approved node {id} (NEW → STANDBY)");
+            }
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "node {id} is {}; only a NEW node can be approved (STANDBY and UP nodes already are)",
+                    state_name(&record)
+                )));
+            }
         }
-        _ => {
-            return Err(Status::failed_precondition(format!(
-                "node {id} is {}; only a NEW node can be approved (STANDBY and UP nodes already are)",
-                state_name(&record)
-            )));
-        }
-    }
-    Ok(ApproveNodeResponse {})
+        Ok(ApproveNodeResponse {})
+    })
+    .await
 }
 
 /// Ours (upstream: Unimplemented): UP and role-less → DECOMMISSION_REQUESTED. The node sees
@@ -83,21 +152,24 @@ pub(super) async fn decommission_node(
         Some(Which::Id(id)) => node_id(None, Some(id))?,
         None => node_id(None, None)?,
     };
-    let _guard = leader.nodes_lock.lock().await;
-    let mut record = node::load(&leader.leadership, &id).await?;
-    if is_decommissioning(record.state()) {
-        // Idempotent: the request has already been made.
-        return Ok(DecommissionNodeResponse {});
-    }
-    check_decommissionable(&record)?;
-    node::set_state(
-        &leader.leadership,
-        &mut record,
-        NodeState::DecommissionRequested,
-    )
-    .await?;
-    tracing::info!("decommissioning of node {id} requested (UP → DECOMMISSION_REQUESTED)");
-    Ok(DecommissionNodeResponse {})
+    let id = &id;
+    optimistic("DecommissionNode", move || async move {
+        let mut record = node::load(&leader.leadership, id).await?;
+        if is_decommissioning(record.state()) {
+            // Idempotent: the request has already been made.
+            return Ok(DecommissionNodeResponse {});
+        }
+        check_decommissionable(&record)?;
+        node::set_state(
+            &leader.leadership,
+            &mut record,
+            NodeState::DecommissionRequested,
+        )
+        .await?;
+        tracing::info!("decommissioning of node {id} requested (UP → DECOMMISSION_REQUESTED)");
+        Ok(DecommissionNodeResponse {})
+    })
+    .await
 }
 
 /// Removes a node. Beyond upstream, which leaves a deleted node able to authenticate: its
@@ -118,23 +190,34 @@ pub(super) async fn delete_node(
         None => node_id(None, None)?,
     };
     refuse_leader_deletion(leader, &id)?;
-    let _guard = leader.nodes_lock.lock().await;
-    let record = node::load(&leader.leadership, &id).await?;
-    // A deletion that has begun (tombstone written) was checked when it began: a retry, with
-    // or without the bypasses, finishes it.
-    if !node::is_deleted(&leader.leadership, &id).await? {
-        check_deletable(
-            &record,
-            req.safety_bypass_has_roles.is_some(),
-            req.safety_bypass_not_decommissioned.is_some(),
-        )?;
-    }
+    // Removes an etcd member: not while the reconciler looks at the members.
+    let _membership = leader.membership_lock.lock().await;
+    let l = &leader.leadership;
+    let (id, req) = (&id, &req);
+    let record = optimistic("DeleteNode", move || async move {
+        let record = node::load(l, id).await?;
+        // A deletion that has begun (tombstone written) was checked when it began: a retry,
+        // with or without the bypasses, finishes it. One that begins now begins only if the
+        // record is still the one checked (a role added meanwhile is seen on the next try).
+        if !node::is_deleted(l, id).await? {
+            check_deletable(
+                &record,
+                req.safety_bypass_has_roles.is_some(),
+                req.safety_bypass_not_decommissioned.is_some(),
+            )?;
+            node::mark_deleted_unchanged(l, &record).await?;
+        }
+        Ok(record)
+    })
+    .await?;
     finish_deletion(leader, &record).await?;
     Ok(DeleteNodeResponse {})
 }
 
 /// Deletes `record`'s node, or finishes a deletion that was cut short, in an order where
-/// every prefix is safe and every step is idempotent. The caller holds `nodes_lock`.
+/// every prefix is safe and every step is idempotent. The caller holds `membership_lock`.
+/// The record may change while this runs (the node still reports its status until its
+/// certificate is revoked): the last step then reads it again.
 ///
 /// 1. The tombstone (under the leadership guard): from here on the node ID is revoked on
 ///    every curator, RegisterNode refuses the key, JoinNode refuses the node, and the
@@ -159,6 +242,7 @@ pub(crate) async fn finish_deletion(leader: &Leader, record: &NodeRecord) -> Res
         leader.revocations.revoke_serial(&serial);
     }
     leader.heartbeats.forget(id);
+    leader.live.forget(id);
     fail::fail_point!("curator::delete_node::after_tombstone", |arg| {
         crate::failpoint::exit_if_asked("curator::delete_node::after_tombstone", arg.as_deref());
         Err(Status::cancelled(
@@ -193,7 +277,22 @@ pub(crate) async fn finish_deletion(leader: &Leader, record: &NodeRecord) -> Res
             ));
         }
     }
-    node::delete(l, record).await?;
+    let mut current = Some(record.clone());
+    optimistic("DeleteNode", move || {
+        let first = current.take();
+        async move {
+            let record = match first {
+                Some(record) => record,
+                None => match node::load_opt(l, id).await? {
+                    Some(record) => record,
+                    // Gone already: the deletion is done.
+                    None => return Ok(()),
+                },
+            };
+            Ok(node::delete(l, &record).await?)
+        }
+    })
+    .await?;
     tracing::info!(
         "deleted node {id} (was {}); its certificate is revoked",
         state_name(record)

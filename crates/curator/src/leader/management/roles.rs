@@ -9,7 +9,7 @@ use proto::common::node_roles::{ConsensusMember, KubernetesController, Kubernete
 use tonic::Status;
 
 use super::{is_decommissioning, node_id, reported_address, role_names, state_name};
-use crate::leader::Leader;
+use crate::leader::{Leader, optimistic};
 use crate::state::{NodeRecord, node};
 
 /// Sets or drops roles. Order as upstream: ConsensusMember first (KubernetesController
@@ -26,29 +26,41 @@ pub(super) async fn update_node_roles(
         Some(Which::Id(id)) => node_id(None, Some(id))?,
         None => node_id(None, None)?,
     };
-    let _guard = leader.nodes_lock.lock().await;
-    // Upstream maps load errors other than NotFound to InvalidArgument; an etcd failure
-    // is not the caller's mistake, so it stays Unavailable here.
-    let record = node::load(&leader.leadership, &id).await?;
-    let delta = RoleDelta::new(&record.roles(), &req);
-    check_role_change(&record, &req, &delta)?;
-    if delta.is_empty() {
-        // The proto promises no change when the values match the current roles.
-        return Ok(UpdateNodeRolesResponse {});
-    }
-    apply_role_change(leader, record, delta).await?;
-    Ok(UpdateNodeRolesResponse {})
+    // A ConsensusMember change adds or removes an etcd member before (or after) the role is
+    // saved: not while the reconciler compares members with roles. Other role changes are
+    // record writes only.
+    let _membership = match req.consensus_member {
+        Some(_) => Some(leader.membership_lock.lock().await),
+        None => None,
+    };
+    let (id, req) = (&id, &req);
+    optimistic("UpdateNodeRoles", move || async move {
+        // Upstream maps load errors other than NotFound to InvalidArgument; an etcd failure
+        // is not the caller's mistake, so it stays Unavailable here.
+        let record = node::load(&leader.leadership, id).await?;
+        let delta = RoleDelta::new(&record.roles(), req);
+        check_role_change(&record, req, &delta)?;
+        if delta.is_empty() {
+            // The proto promises no change when the values match the current roles.
+            return Ok(UpdateNodeRolesResponse {});
+        }
+        apply_role_change(leader, record, delta).await?;
+        Ok(UpdateNodeRolesResponse {})
+    })
+    .await
 }
 
-/// Carries out a checked, non-empty role change and saves it.
+/// Carries out a checked, non-empty role change and saves it. If the save conflicts (the
+/// record changed since it was read), a member added for it is removed again and the caller
+/// starts over from a fresh read.
 async fn apply_role_change(
     leader: &Leader,
     mut record: NodeRecord,
     delta: RoleDelta,
 ) -> Result<(), Status> {
-    let before = record.clone();
     let id = record.id.clone();
     let mut roles = record.roles();
+    let before_roles = record.node.roles.clone();
     // The leader's own member is removed only after the record is saved: removing it
     // stops the leader's etcd, so a save afterwards could not succeed (later upstream
     // Monogon removes first, which is right for every other node: a failed removal keeps the role).
@@ -90,7 +102,7 @@ async fn apply_role_change(
     );
     record.node.roles = Some(roles);
 
-    if let Err(e) = node::update(&leader.leadership, &record).await {
+    if let Err(e) = node::update(&leader.leadership, &mut record).await {
         if added_member {
             // Leave no learner without a role behind: etcd admits one learner at a time,
             // so an orphan would block every later ConsensusMember addition.
@@ -105,8 +117,8 @@ async fn apply_role_change(
     }
     if own_removal && let Err(e) = remove_member(leader, &record).await {
         // Put the role back: the member is still there.
-        if let Err(re) = node::update(&leader.leadership, &before).await {
-            tracing::warn!("could not restore the ConsensusMember role of node {id}: {re}");
+        if let Err(re) = restore_roles(leader, &id, before_roles).await {
+            tracing::warn!("could not restore the roles of node {id}: {}", re.message());
         }
         return Err(e);
     }
@@ -115,6 +127,18 @@ async fn apply_role_change(
         role_names(record.node.roles.as_ref())
     );
     Ok(())
+}
+
+/// Gives node `id` back the roles it had before a change that failed after its save (its
+/// member could not be removed), on the record as it is now.
+async fn restore_roles(leader: &Leader, id: &str, roles: Option<NodeRoles>) -> Result<(), Status> {
+    let roles = &roles;
+    optimistic("restoring the roles", move || async move {
+        let mut record = node::load(&leader.leadership, id).await?;
+        record.node.roles = roles.clone();
+        Ok(node::update(&leader.leadership, &mut record).await?)
+    })
+    .await
 }
 
 /// Adds the node to etcd as a learner at its reported address; the role data it needs
