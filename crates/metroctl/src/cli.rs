@@ -9,11 +9,11 @@ use crate::roles::Role;
 
 /// Top-level help shown by `metroctl --help`.
 const ABOUT: &str = "Operate a Metropolis cluster: take ownership, inspect and approve nodes, \
-manage roles, read node logs, decommission and delete nodes.";
+manage roles, read node logs, update and restart nodes, decommission and delete nodes.";
 
 const LONG_ABOUT: &str = "\
 Operate a Metropolis cluster: take ownership, inspect and approve nodes, manage roles, read \
-node logs, decommission and delete nodes.
+node logs, update and restart nodes, decommission and delete nodes.
 
 metroctl keeps its state in a config directory (--config, default $XDG_CONFIG_HOME/metroctl):
   owner-key.pem   the owner's private key (0600), made when the cluster was bootstrapped
@@ -29,7 +29,8 @@ Examples:
   metroctl --endpoints 127.0.1.1 takeownership
   metroctl node describe
   metroctl approve
-  metroctl node logs metropolis-0123456789abcdef -f";
+  metroctl node logs metropolis-0123456789abcdef -f
+  metroctl node update --bundle-url https://mirror.example/metropolis-0.2.0.tar all";
 
 /// Help heading of the flags every command accepts, so each command's own flags stand out.
 const GLOBAL: &str = "Global options";
@@ -354,6 +355,103 @@ node logs metropolis-0123456789abcdef --dn root.role --backlog 100 -f --concise"
         #[arg(short, long)]
         concise: bool,
     },
+
+    /// Install a new version from an update bundle, rolling through the nodes.
+    #[command(
+        long_about = "Install the update bundle at --bundle-url (https:// only; every node \
+downloads it itself, trusting the system CAs and its --update-ca) and activate it, node by \
+node, so the cluster keeps answering. Nodes without the ConsensusMember role go first, up to \
+--max-unavailable at a time; then consensus members strictly one at a time, the curator leader \
+last, and only while every other member is HEALTHY with its curator running (so quorum is never \
+at risk). After each node's UpdateNode metroctl waits until it has started again (a new boot \
+ID), is HEALTHY and, for consensus members, runs its curator again, and until every consensus \
+member is healthy before it touches the next one. The first node to come back names the \
+version of the bundle (metroctl does not read the bundle); every node must come back on that \
+version, and a node that comes back on the version it ran before stops the roll (its new \
+version did not start and it rolled back, or the bundle holds the version it already ran). \
+The roll stops at the first failure, naming the node and why, and lists the nodes not updated. \
+With --activation none nothing restarts: the bundle is installed on every node and becomes \
+active at each node's next start (no rolling wait).",
+        after_help = "Examples:\n  metroctl node update --bundle-url https://mirror.example/metropolis-0.2.0.tar \
+all --dry-run\n  metroctl node update --bundle-url https://mirror.example/metropolis-0.2.0.tar \
+all\n  metroctl node update --bundle-url https://mirror.example/b.tar --activation reboot \
+--max-unavailable 2 metropolis-0123456789abcdef metropolis-fedcba9876543210"
+    )]
+    Update(UpdateArgs),
+
+    /// Restart nodes (their supervisor starts them again), or replace them in place (--kexec).
+    #[command(
+        long_about = "Restart nodes with NodeManagement.Reboot: by default a full restart \
+(TYPE_FIRMWARE: the node stops and whatever supervises it starts it again); with --kexec the \
+node replaces itself in place. With --rollback the node boots the other update slot (the \
+version it ran before its last update) instead of the current one. Nodes are asked one after \
+the other, without waiting for them to come back; several consensus members at once may cost \
+the cluster its quorum until they are back.",
+        after_help = "Examples:\n  metroctl node reboot metropolis-0123456789abcdef\n  \
+metroctl node reboot --kexec --rollback metropolis-0123456789abcdef"
+    )]
+    Reboot {
+        /// Replace the node in place (TYPE_KEXEC) instead of a full restart.
+        #[arg(long)]
+        kexec: bool,
+        /// Boot the other update slot (the previous version) instead of the current one.
+        #[arg(long)]
+        rollback: bool,
+        /// IDs of the nodes.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+
+    /// Stop nodes for good (they stay down until started by hand).
+    #[command(
+        long_about = "Stop nodes with NodeManagement.Reboot TYPE_POWER_OFF: the node stops and \
+is not started again by its supervisor. Asks for confirmation unless --yes.",
+        after_help = "Example:\n  metroctl node poweroff metropolis-0123456789abcdef --yes"
+    )]
+    Poweroff {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        yes: bool,
+        /// IDs of the nodes.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+/// `node update` arguments.
+#[derive(Debug, Args, Clone)]
+pub struct UpdateArgs {
+    /// The https:// URL of the update bundle (made by metropolis-bundle).
+    #[arg(long, value_name = "URL")]
+    pub bundle_url: String,
+    /// How nodes start the new version: kexec (in place), reboot (a full restart) or none
+    /// (at the next start; no restart, no rolling wait).
+    #[arg(long, value_enum, default_value_t = Activation::Kexec)]
+    pub activation: Activation,
+    /// How many nodes without the ConsensusMember role may be updating at once (consensus
+    /// members always go one at a time).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_unavailable: u32,
+    /// How long each node may take to come back healthy on the new version, in seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub node_timeout: u64,
+    /// Print the plan (order and batches) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// IDs of the nodes, or `all` (every UP node).
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+/// How an installed update is activated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Activation {
+    /// Replace the running node in place (ACTIVATION_KEXEC).
+    Kexec,
+    /// A full restart (ACTIVATION_REBOOT).
+    Reboot,
+    /// At the node's next start (ACTIVATION_NONE).
+    None,
 }
 
 /// Which nodes to show and how.

@@ -129,6 +129,13 @@ async fn run_node(args: Args, tree: LogTree) -> Exit {
             layout.ephemeral.display()
         );
     }
+    // A wrong --update-ca would otherwise only show when NodeManagement starts (and then fail
+    // it over and over): refuse to start with the reason instead.
+    if let Some(path) = args.update_ca.as_deref()
+        && let Err(e) = crate::update::fetch::read_extra_ca(path)
+    {
+        return Exit::fatal(format!("--update-ca: {e}"));
+    }
     let params = match params::install(&layout.esp, args.parameters.as_deref()) {
         Ok(p) => p,
         Err(e) => return Exit::fatal(e),

@@ -200,3 +200,32 @@ fn decommissioned_node_does_not_start() {
     assert!(err.contains("decommissioned"), "{err}");
     assert!(err.contains("Wipe"), "{err}");
 }
+
+#[test]
+fn unusable_update_ca_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let owner = SigningKey::generate().expect("key");
+    let params = write_params(
+        dir.path(),
+        &bootstrap_params(&owner, StorageSecurityPolicy::Permissive),
+    );
+    let not_pem = dir.path().join("mirror-ca.pem");
+    std::fs::write(&not_pem, b"not a certificate").expect("write");
+    let block = LoopbackBlock::allocate();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let state = dir.path().join("n");
+    let (code, err) = runtime.block_on(async {
+        let mut config = node::config(0, &state, block.addr(1), Some(&params));
+        config.extra_args = vec!["--update-ca".into(), not_pem.display().to_string()];
+        let n = node::Node::new(config);
+        n.start().expect("start node");
+        let exit = n.expect_exit(Duration::from_secs(30)).await;
+        (exit.code().unwrap_or(-1), n.stderr_text())
+    });
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--update-ca"), "{err}");
+    assert!(err.contains("holds no CERTIFICATE"), "{err}");
+}

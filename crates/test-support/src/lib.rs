@@ -19,6 +19,8 @@ pub mod eventually;
 pub mod fs;
 pub mod logging;
 pub mod loopback;
+#[cfg(feature = "mirror")]
+pub mod mirror;
 #[cfg(feature = "node")]
 pub mod node;
 pub mod process;

@@ -17,8 +17,10 @@ mod decommission;
 mod delete;
 mod logs;
 mod nodes;
+mod power;
 mod roles;
 mod takeownership;
+mod update;
 
 /// What commands get besides their own arguments.
 #[derive(Debug)]
@@ -116,6 +118,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 )
                 .await
             }
+            NodeCommand::Update(args) => update::run(&env, &args).await,
+            NodeCommand::Reboot {
+                kexec,
+                rollback,
+                ids,
+            } => power::reboot(&env, &ids, kexec, rollback).await,
+            NodeCommand::Poweroff { yes, ids } => power::poweroff(&env, &ids, yes).await,
         },
         Command::Approve { ids } => approve::run(&env, &ids).await,
         Command::Dashboard {

@@ -47,19 +47,10 @@ impl FetchConfig {
             let _ = roots.add(cert);
         }
         if let Some(path) = extra_ca {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("reading the update CA file {}: {e}", path.display()))?;
-            let certs =
-                pem::parse_many(&pem).map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
-            let mut added = 0;
-            for c in certs.iter().filter(|c| c.tag() == "CERTIFICATE") {
+            for cert in read_extra_ca(path)? {
                 roots
-                    .add(CertificateDer::from(c.contents().to_vec()))
+                    .add(cert)
                     .map_err(|e| format!("{}: {e}", path.display()))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(format!("{}: holds no CERTIFICATE", path.display()));
             }
         }
         Ok(FetchConfig {
@@ -68,6 +59,30 @@ impl FetchConfig {
             max_bytes,
         })
     }
+}
+
+/// The certificates of an `--update-ca` file: PEM, at least one CERTIFICATE, each one a
+/// certificate rustls can use as a trust anchor. Checked when the node starts, so that a wrong
+/// file stops the node with a clear error instead of failing NodeManagement later.
+pub fn read_extra_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("reading the update CA file {}: {e}", path.display()))?;
+    let certs = pem::parse_many(&pem).map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = certs
+        .iter()
+        .filter(|c| c.tag() == "CERTIFICATE")
+        .map(|c| CertificateDer::from(c.contents().to_vec()))
+        .collect();
+    if certs.is_empty() {
+        return Err(format!("{}: holds no CERTIFICATE", path.display()));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(certs)
 }
 
 /// Checks that `url` is an `https://` URL with a host; returns it parsed.
