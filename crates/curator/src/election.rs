@@ -35,14 +35,14 @@ use tokio_util::sync::CancellationToken;
 /// Prefix of the election keys inside the curator keyspace.
 pub const ELECTION_PREFIX: &str = "/leader/";
 
-/// Default lease TTL. Upstream uses 10 s; we use 2 s so a crashed leader is replaced within
-/// about 2 s (plus etcd's raft election and its lease extension, about 1.5 s at most, when the
-/// crashed node's member also led raft: etcd's new raft leader restarts every lease). It does
-/// not flap: the lease is refreshed every TTL/3 (about 0.7 s), so three consecutive refreshes
-/// must fail (or a 2 s stall) before leadership is lost, and a healthy etcd answers a
-/// keep-alive in milliseconds (BENCHMARKS.md has the flap rate measured under heartbeat load).
-/// etcd's lease TTLs are whole seconds, and it raises shorter ones to 1.5 election timeouts.
-pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(2);
+/// Default lease TTL. Upstream uses 10 s; we use 3 s so a crashed leader is replaced within
+/// about 3 s (plus etcd's raft election and its lease extension, about 1.5 s at most, when the
+/// crashed node's member also led raft: etcd's new raft leader restarts every lease). The
+/// lease is refreshed every TTL/3 (1 s), so three consecutive refreshes must fail (or a 3 s
+/// stall) before leadership is lost. 2 s was measured and flapped: on a 2-core machine at a
+/// load of 13, the heartbeat benchmark's leader lost its lease four times in 26 s (see
+/// BENCHMARKS.md). etcd's lease TTLs are whole seconds.
+pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(3);
 
 /// Where this curator stands in the election.
 // The Leader variant carries an etcd client handle; the status lives in a watch channel and is

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     pub etcd_skip_peer_client_san_check: bool,
     /// Curator leader lease TTL in seconds: how long a crashed leader leads on.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub leader_ttl: u64,
     /// PEM CA certificates trusted for update bundle downloads (UpdateNode) besides the
     /// system's, e.g. a private mirror's CA.
