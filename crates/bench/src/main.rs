@@ -51,7 +51,7 @@ enum Command {
     Getnodes,
     /// 3: K nodes heartbeating every 5 s over TLS streams vs the raw etcd read per beat.
     Heartbeat,
-    /// 4: SIGKILL / graceful stop of the leader of a 3-node cluster until a write succeeds.
+    /// 4: SIGKILL / graceful stop of the leader of a 3- and a 5-node cluster until a write succeeds.
     Failover,
     /// 5: bootstrap, node restart and cold cluster restart vs a raw etcd start.
     Restart,

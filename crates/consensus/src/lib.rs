@@ -13,9 +13,12 @@
 //!   bootstrap use), [`Status::remove_node`] removes a member unless that breaks quorum. Both
 //!   find a node's member by node ID only (its name, or the member ID recorded when it was
 //!   added), never by a peer URL built from an address the node reports.
-//! * Helpers run next to the member: the autopromoter (every 5 s, on the etcd leader only,
+//! * Helpers run next to the member: the autopromoter (every 1 s, on the etcd leader only,
 //!   promotes learners) and the self-updater (sets the member's peer URL once, because the
 //!   bootstrap member first registered a plain-HTTP one).
+//! * When the runnable is cancelled (the node stops), etcd is stopped only once the users that
+//!   hold it ([`Status::hold`]: the curator's election, revoking its lease) are done, or after
+//!   [`HOLD_GRACE`].
 //! * etcd compacts its history by itself (revision mode, [`Config::history_revisions`]), and a
 //!   third helper, the space keeper, clears a NOSPACE alarm on this member (compaction,
 //!   defragmentation, disarm) once the database fits its quota again
@@ -35,7 +38,7 @@ mod space;
 pub use config::{Config, DEFAULT_HISTORY_REVISIONS, ETCD_DEFAULT_QUOTA, JoinCluster, PeerPki};
 pub use error::Error;
 pub use membership::{ExistingNode, MEMBERS_KEYSPACE};
-pub use service::{Service, Status, StatusWatch};
+pub use service::{HOLD_GRACE, Hold, Service, Status, StatusWatch};
 pub use space::SpaceCheck;
 
 /// Initial cluster token of every Metropolis etcd cluster (upstream's value).

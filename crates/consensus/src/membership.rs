@@ -14,8 +14,19 @@ use crate::error::Error;
 use crate::peer_pki;
 use crate::service::Status;
 
-/// How often the autopromoter looks for learners (upstream: 5 s).
-pub const AUTOPROMOTE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the autopromoter looks for learners (upstream: 5 s). Every new consensus member
+/// waits for it once, and members join one at a time (etcd admits one learner at a time), so
+/// upstream's interval alone made a 5-node cluster take over 10 s longer to form; one
+/// member list a second on each member is cheap.
+pub const AUTOPROMOTE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long adding a learner waits out etcd's "unhealthy cluster" refusal: etcd changes
+/// membership only once its raft leader has been connected to every voting member for 5 s
+/// (its `HealthInterval`), so right after a member joined, the next is refused for up to that
+/// long. Members join one after another as fast as they are promoted, so this is the normal
+/// case while a cluster forms, not an error to hand to the caller.
+const UNHEALTHY_WAIT: Duration = Duration::from_secs(7);
+/// The pause between those attempts.
+const UNHEALTHY_RETRY: Duration = Duration::from_millis(200);
 /// How often the self-updater retries a failed peer URL update (upstream: 1 s).
 const SELF_UPDATE_RETRY: Duration = Duration::from_secs(1);
 
@@ -77,13 +88,7 @@ impl Status {
                     member: member_label(other),
                 });
             }
-            let added = self
-                .client()
-                .member_add(
-                    [url.clone()],
-                    Some(MemberAddOptions::new().with_is_learner()),
-                )
-                .await?;
+            let added = self.member_add_learner(&url).await?;
             let member_id = added.member().map(|m| m.id()).ok_or_else(|| {
                 Error::Process(format!(
                     "etcd added a member for {id} at {url} without saying its ID"
@@ -105,6 +110,28 @@ impl Status {
             existing_nodes,
             initial_crl,
         })
+    }
+
+    /// Adds a learner at `url`, waiting out etcd's refusal of a member change right after the
+    /// last one ([`UNHEALTHY_WAIT`]).
+    async fn member_add_learner(&self, url: &str) -> Result<etcd_client::MemberAddResponse, Error> {
+        let deadline = tokio::time::Instant::now() + UNHEALTHY_WAIT;
+        loop {
+            let added = self
+                .client()
+                .member_add(
+                    [url.to_string()],
+                    Some(MemberAddOptions::new().with_is_learner()),
+                )
+                .await;
+            match added {
+                Err(e) if is_quorum_refusal(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("etcd refused to add a learner yet, retrying: {e}");
+                    tokio::time::sleep(UNHEALTHY_RETRY).await;
+                }
+                added => return Ok(added?),
+            }
+        }
     }
 
     /// Removes `node_id`'s member (matched by name, or, for a learner that never started and

@@ -16,10 +16,15 @@ use crate::peer_pki;
 use crate::process::{EtcdProcess, Mode};
 use crate::space;
 
-/// How often we check whether the (freshly joined) member is still a learner (upstream: 1 s).
-const LEARNER_POLL: Duration = Duration::from_secs(1);
+/// How often we check whether the (freshly joined) member is still a learner (upstream: 1 s;
+/// shorter here, since the node's curator starts only once its member votes).
+const LEARNER_POLL: Duration = Duration::from_millis(200);
 /// How often we retry connecting to a member that is starting.
 const CONNECT_POLL: Duration = Duration::from_millis(100);
+/// How long a cancelled member keeps running for the users that hold it ([`Status::hold`]),
+/// at most. Long enough for a lease revocation on a healthy cluster, short against the
+/// supervisor's cancellation grace.
+pub const HOLD_GRACE: Duration = Duration::from_secs(1);
 
 /// A running, voting member: a client on its socket and what membership operations need.
 #[derive(Clone)]
@@ -40,6 +45,7 @@ pub struct Status {
     /// The member's client socket: for users that need a connection of their own (the
     /// curator's election keeps its lease on one, so no other traffic can delay it).
     pub socket_path: std::path::PathBuf,
+    holds: Holds,
 }
 
 impl std::fmt::Debug for Status {
@@ -76,6 +82,45 @@ impl Status {
     pub(crate) fn pki_namespace(&self) -> Result<Namespaced, Error> {
         self.namespaced(&[peer_pki::KEYSPACE])
     }
+
+    /// Keeps the member running while the returned guard lives, when its runnable is
+    /// cancelled (the node stops): etcd is stopped once every hold is dropped, or after
+    /// [`HOLD_GRACE`]. For users that must still reach etcd as they stop: the curator's
+    /// election revokes its lease, so a successor need not wait for it to expire. A member
+    /// that exits or fails by itself is not held.
+    pub fn hold(&self) -> Hold {
+        self.holds.0.send_modify(|n| *n += 1);
+        Hold(self.holds.clone())
+    }
+}
+
+/// The count of live [`Hold`]s of a member.
+#[derive(Clone, Default)]
+struct Holds(Arc<watch::Sender<usize>>);
+
+impl Holds {
+    /// Waits until no hold is left, at most `grace`; returns how many were left.
+    async fn released(&self, grace: Duration) -> usize {
+        let mut count = self.0.subscribe();
+        let _ = tokio::time::timeout(grace, count.wait_for(|n| *n == 0)).await;
+        *count.borrow()
+    }
+}
+
+/// Keeps a cancelled member running until dropped; see [`Status::hold`].
+#[must_use = "the member is held only while the guard lives"]
+pub struct Hold(Holds);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
 }
 
 /// Receives the member's status: `None` while it is not (yet) a running voting member.
@@ -85,6 +130,7 @@ pub type StatusWatch = watch::Receiver<Option<Status>>;
 pub struct Service {
     config: Config,
     status: watch::Sender<Option<Status>>,
+    holds: Holds,
 }
 
 impl Service {
@@ -93,6 +139,7 @@ impl Service {
         Arc::new(Self {
             config,
             status: watch::Sender::new(None),
+            holds: Holds::default(),
         })
     }
 
@@ -167,6 +214,20 @@ impl Service {
             _ = ctx.cancelled() => Ok(()),
         };
         self.status.send_replace(None);
+        if ctx.is_cancelled() {
+            // Stopping (not failing): the users that hold the member finish first, e.g. the
+            // curator leader gives its lease back instead of leaving its successor to wait
+            // for it to expire. They are cancelled together with us, so this is short.
+            let left = self.holds.released(HOLD_GRACE).await;
+            if left > 0 {
+                log.warning(
+                    &logtree::caller_location(),
+                    format!(
+                        "stopping etcd with {left} user(s) still holding it after {HOLD_GRACE:?}"
+                    ),
+                );
+            }
+        }
         etcd.stop().await;
         result
     }
@@ -211,6 +272,7 @@ impl Service {
             ca_certificate,
             pid,
             socket_path: self.config.socket_path(),
+            holds: self.holds.clone(),
         }));
         ctx.signal_healthy();
         std::future::pending().await

@@ -36,9 +36,12 @@ use tokio_util::sync::CancellationToken;
 pub const ELECTION_PREFIX: &str = "/leader/";
 
 /// Default lease TTL. Upstream uses 10 s; we use 3 s so a crashed leader is replaced within
-/// about 3 s. It does not flap: the lease is refreshed every TTL/3 (1 s), so three consecutive
-/// refreshes must fail (or a 3 s stall) before leadership is lost, and a healthy etcd answers a
-/// keep-alive in milliseconds. etcd itself extends leases when its own raft leader changes.
+/// about 3 s (plus etcd's raft election and its lease extension, about 1.5 s at most, when the
+/// crashed node's member also led raft: etcd's new raft leader restarts every lease). The
+/// lease is refreshed every TTL/3 (1 s), so three consecutive refreshes must fail (or a 3 s
+/// stall) before leadership is lost. 2 s was measured and flapped: on a 2-core machine at a
+/// load of 13, the heartbeat benchmark's leader lost its lease four times in 26 s (see
+/// BENCHMARKS.md). etcd's lease TTLs are whole seconds.
 pub const DEFAULT_LEADER_TTL: Duration = Duration::from_secs(3);
 
 /// Where this curator stands in the election.
@@ -120,11 +123,16 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> std::io::Result<ElectionThread> {
     let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    // When the node stops, its etcd member waits for this hold (bounded) before it stops: the
+    // round's lease revocation must reach etcd, or the successor waits for the lease to expire.
+    let hold = consensus.hold();
     let thread = std::thread::Builder::new()
         .name("curator-election".to_string())
         .spawn(move || {
-            // Dropped when the thread ends, however it ends.
+            // Dropped when the thread ends, however it ends: after the last round has given
+            // its lease back.
             let _done = done_tx;
+            let _hold = hold;
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -385,7 +393,17 @@ async fn campaign(
         let leader_id = LeaderElectionValue::decode(first.value())
             .map(|v| v.node_id)
             .unwrap_or_default();
-        status.send_replace(ElectionStatus::Follower { leader_id });
+        // Only a change is published: every publication restarts the curator's server (and
+        // breaks its clients' discovery streams), and most watch events (another candidate
+        // joining) leave the leader as it was.
+        let follower = ElectionStatus::Follower { leader_id };
+        status.send_if_modified(|s| {
+            let changed = *s != follower;
+            if changed {
+                *s = follower.clone();
+            }
+            changed
+        });
         // Wait for any change of the candidates (a leader key deleted or expired), from right
         // after the revision we read, so nothing in between is missed.
         let mut watch = ns

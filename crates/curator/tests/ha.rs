@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use curator::bootstrap::{self, BootstrapData, consensus_role};
-use curator::election::ElectionStatus;
+use curator::election::{self, ElectionStatus};
 use curator::testing::permissive_configuration;
 use curator::{Config, Curator};
 use identity::{NodeCredentials, SigningKey};
@@ -86,9 +86,11 @@ impl ClusterNode {
         identity::node_id(&self.key.public_key())
     }
 
-    async fn start_curator(&mut self, credentials: NodeCredentials) {
+    async fn start_curator(&mut self, credentials: NodeCredentials, ttl: Duration) {
         let listen = SocketAddr::new(self.address, rpc::CURATOR_PORT);
-        let curator = Curator::new(Config::new(credentials, self.consensus().await, listen));
+        let mut config = Config::new(credentials, self.consensus().await, listen);
+        config.leader_ttl = ttl;
+        let curator = Curator::new(config);
         let sup = Supervisor::start(LogTree::new(), curator.runnable());
         self.curator = Some((curator, sup));
     }
@@ -145,10 +147,13 @@ fn leader_of(nodes: &[ClusterNode]) -> Vec<usize> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_leader_followers_redirect_and_failover() {
+/// Three etcd members and three curators (lease TTL `ttl`) on `block`, with exactly one
+/// leader that the others follow. Returns the nodes, the cluster CA and the owner key.
+async fn three_curators(
+    block: &LoopbackBlock,
+    ttl: Duration,
+) -> (Vec<ClusterNode>, Vec<u8>, SigningKey) {
     // Three etcd members.
-    let block = LoopbackBlock::allocate();
     let a =
         ClusterNode::start_consensus(&block.host(1), SigningKey::generate().expect("key"), None)
             .await;
@@ -201,7 +206,7 @@ async fn one_leader_followers_redirect_and_failover() {
                 .expect("cert")
         };
         let creds = NodeCredentials::new(node.key.clone(), cert, ca.clone()).expect("creds");
-        node.start_curator(creds).await;
+        node.start_curator(creds, ttl).await;
     }
     wait_for("exactly one leader", async || leader_of(&nodes).len() == 1).await;
     let leader = leader_of(&nodes)[0];
@@ -213,6 +218,20 @@ async fn one_leader_followers_redirect_and_failover() {
         .await;
         let _ = i;
     }
+    (nodes, ca, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_followers_redirect_and_failover() {
+    let block = LoopbackBlock::allocate();
+    let (nodes, ca, owner) = three_curators(&block, election::DEFAULT_LEADER_TTL).await;
+    let leader = leader_of(&nodes)[0];
+    let leader_id = nodes[leader].id();
+    let ns = nodes[leader]
+        .consensus()
+        .await
+        .namespaced(&[curator::KEYSPACE])
+        .expect("ns");
 
     // The owner talks to a follower: Unavailable naming the leader.
     let owner_cert = curator::state::pki::ensure_owner_certificate(&ns, &owner.public_key())
@@ -424,6 +443,59 @@ async fn one_leader_followers_redirect_and_failover() {
         held.update(&crl).expect("a CRL of the cluster CA");
         assert!(held.is_revoked(&x_certificate), "the CRL revokes X");
     }
+
+    for n in nodes {
+        if let Some((_, sup)) = n.curator {
+            let _ = sup.shutdown().await;
+        }
+        let _ = n.consensus_sup.shutdown().await;
+    }
+}
+
+/// A node that stops gracefully cancels its etcd member and its curator together; the member
+/// waits for the curator's election to give its lease back, so the successor leads as soon as
+/// that revocation is seen, not when the lease would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_leader_is_replaced_well_within_its_ttl() {
+    // Long enough that a successor waiting for the lease to expire cannot pass.
+    const TTL: Duration = Duration::from_secs(10);
+    let block = LoopbackBlock::allocate();
+    let (mut nodes, _ca, _owner) = three_curators(&block, TTL).await;
+    let leader = leader_of(&nodes)[0];
+    let stopped_at = Instant::now();
+    // When a survivor leads, timed as it happens (the stop itself takes longer: etcd's own
+    // graceful shutdown comes after the revocation).
+    let successor = (0..3).filter(|i| *i != leader).map(|i| {
+        let mut election = nodes[i].election();
+        tokio::spawn(async move {
+            let led = election
+                .wait_for(|s| matches!(s, ElectionStatus::Leader(_)))
+                .await
+                .is_ok();
+            led.then(|| stopped_at.elapsed())
+        })
+    });
+    let successor: Vec<_> = successor.collect();
+    let (_, sup) = nodes[leader].curator.take().expect("curator");
+    // Both at once, as the node's supervisor cancels its control plane's children.
+    let (curator, consensus) = tokio::join!(sup.shutdown(), nodes[leader].consensus_sup.shutdown());
+    curator.expect("curator stopped");
+    consensus.expect("etcd member stopped");
+    let (first, _, others) = tokio::time::timeout(TIMEOUT, futures::future::select_all(successor))
+        .await
+        .unwrap_or_else(|_| panic!("no survivor led within {TIMEOUT:?}"));
+    for other in others {
+        other.abort();
+    }
+    let takeover = first
+        .expect("task")
+        .expect("the first survivor to finish waiting leads");
+    println!("graceful stop: new leader after {takeover:?}");
+    assert!(
+        takeover < TTL / 4,
+        "the successor led {takeover:?} after the leader stopped (lease TTL {TTL:?}): it waited \
+         for the lease instead of seeing it revoked"
+    );
 
     for n in nodes {
         if let Some((_, sup)) = n.curator {

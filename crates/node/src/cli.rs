@@ -35,7 +35,7 @@ pub struct Args {
     /// a node with an address of its own keeps etcd's peer client-SAN check on.
     #[arg(long)]
     pub etcd_skip_peer_client_san_check: bool,
-    /// Curator leader lease TTL in seconds.
+    /// Curator leader lease TTL in seconds: how long a crashed leader leads on.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub leader_ttl: u64,
     /// PEM CA certificates trusted for update bundle downloads (UpdateNode) besides the

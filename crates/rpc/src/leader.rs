@@ -19,9 +19,11 @@
 //!    nor to a node the caller does not accept as leader. A leader that reported no address is
 //!    reached through the local override map (a node maps its own ID to its own address), or
 //!    not at all,
-//! 4. on any error or end of the stream, records why, backs off exponentially
-//!    ([`LeaderOptions::discovery_backoff`], reset after every usable answer) and continues with
-//!    the next endpoint. It never gives up while a handle is alive.
+//! 4. on any error or end of the stream, records why and continues with the next endpoint: at
+//!    once while some known endpoint has not been tried since the last usable answer (after a
+//!    failover another curator knows the new leader), and only after every one of them failed
+//!    in a row with an exponential pause ([`LeaderOptions::discovery_backoff`], reset after
+//!    every usable answer). It never gives up while a handle is alive.
 //!
 //! Handles are cheap clones sharing one updater; dropping the last one drops the updater, which
 //! closes its discovery connection. A published leader stays published until a newer one is
@@ -83,6 +85,9 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// round robin, so clients that lost the same leader spread over the curators anyway.
 pub const DISCOVERY_BACKOFF: Backoff =
     Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+
+/// The pause before the next endpoint while not all known ones have failed in a row.
+const NEXT_ENDPOINT_PAUSE: Duration = Duration::from_millis(10);
 
 /// How long a discovery server may take to send its first answer. Curators answer at once
 /// (the listener only runs once the election status is known); after the first answer the
@@ -243,6 +248,7 @@ impl LeaderChannel {
             discovery,
             overrides: options.local_overrides,
             backoff: options.discovery_backoff.delays(),
+            failed_in_a_row: 0,
             cursor: 0,
             crl: options.crl,
             leader_check: options.leader_check,
@@ -574,6 +580,8 @@ struct Updater {
     discovery: Arc<rustls::ClientConfig>,
     overrides: HashMap<String, String>,
     backoff: Delays,
+    /// Endpoints that failed in a row since the last usable answer.
+    failed_in_a_row: usize,
     cursor: usize,
     crl: Option<ClusterCrl>,
     leader_check: Option<Arc<dyn LeaderCheck>>,
@@ -611,7 +619,17 @@ impl Updater {
             let error = self.follow(&endpoint).await;
             tracing::debug!(%endpoint, "curator leader discovery: {error}");
             self.shared.note_error(format!("{endpoint}: {error}"));
-            self.backoff.wait().await;
+            // The next curator may well know the leader (this one just died, or was a
+            // follower that has only now learned of a new leader): pause only once every
+            // known endpoint has failed in a row, i.e. while no leader can be found.
+            self.failed_in_a_row += 1;
+            if self.failed_in_a_row >= lock(&self.shared.endpoints).len() {
+                self.failed_in_a_row = 0;
+                self.backoff.wait().await;
+            } else {
+                // Never spin, even against a server that answers and hangs up every time.
+                tokio::time::sleep(NEXT_ENDPOINT_PAUSE).await;
+            }
         }
     }
 
@@ -678,6 +696,7 @@ impl Updater {
                 return error;
             }
             self.backoff.reset();
+            self.failed_in_a_row = 0;
         }
     }
 

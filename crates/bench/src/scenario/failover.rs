@@ -1,6 +1,7 @@
-//! Scenario 4: a 3-node cluster (all three consensus members); the curator leader is
-//! SIGKILLed (and, in a second round, stopped gracefully with SIGTERM), and we time how long
-//! until a Management write (UpdateNodeLabels) succeeds through the leader-following client.
+//! Scenario 4: a 3-node cluster (all three consensus members), then a 5-node one (all five,
+//! the size operators run); the curator leader is SIGKILLed (and, in a second round, stopped
+//! gracefully with SIGTERM), and we time how long until a Management write (UpdateNodeLabels)
+//! succeeds through the leader-following client.
 //!
 //! Baseline: the store underneath — from the same instant, a raw etcd put on a surviving
 //! member's socket is retried until it succeeds. Its time is what etcd itself needs (a raft
@@ -18,7 +19,8 @@ use crate::report::{Row, ScenarioResult, Unit};
 use crate::stats::median;
 
 const NAME: &str = "failover";
-const BLOCK: &str = "127.90.4";
+/// The clusters: nodes (all consensus members), loopback block, row label prefix.
+const CLUSTERS: [(usize, &str, &str); 2] = [(3, "127.90.4", ""), (5, "127.90.10", "5 nodes: ")];
 /// How long one write may be retried through a failover before the round fails.
 const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 /// One raw etcd attempt; a put stuck on a member without quorum is abandoned and retried.
@@ -39,28 +41,46 @@ enum Kind {
 
 /// Runs the scenario.
 pub async fn run(p: &Params) -> Result<ScenarioResult> {
-    let cluster = cluster::start(BLOCK, 3, 2).await?;
-    let result = measure(&cluster, p).await;
-    cluster.shutdown().await;
-    Ok(ScenarioResult {
-        rows: result?,
+    let mut result = ScenarioResult {
         baseline: "from the same instant, a raw etcd put on a surviving member's socket, \
             retried until it succeeds"
             .into(),
         parameters: format!(
-            "3 nodes (3 consensus members), median of {} round(s) each",
+            "3 nodes (3 consensus members), then 5 nodes (5 members), median of {} round(s) \
+             each",
             p.rounds
         ),
-        error: None,
-    })
+        ..Default::default()
+    };
+    for (nodes, block, prefix) in CLUSTERS {
+        // The 3-node rows are kept if the 5-node cluster fails.
+        let rows = async {
+            let cluster = cluster::start(block, nodes, nodes - 1).await?;
+            let rows = measure(&cluster, p, prefix).await;
+            cluster.shutdown().await;
+            rows
+        }
+        .await;
+        match rows {
+            Ok(rows) => result.rows.extend(rows),
+            Err(e) if result.rows.is_empty() => return Err(e),
+            Err(e) => {
+                result.error = Some(format!("{nodes}-node cluster: {e:#}"));
+                break;
+            }
+        }
+    }
+    Ok(result)
 }
 
-async fn measure(cluster: &Cluster, p: &Params) -> Result<Vec<Row>> {
+async fn measure(cluster: &Cluster, p: &Params, prefix: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (kind, label) in [
         (Kind::Kill, "SIGKILL leader → write OK"),
         (Kind::Stop, "graceful stop of leader → write OK"),
     ] {
+        let label = format!("{prefix}{label}");
+        let label = label.as_str();
         let (mut ours, mut base, mut known) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..p.rounds.max(1) {
             let r = one_round(cluster, kind, round)
@@ -117,7 +137,7 @@ struct Round {
 /// Takes the leader down, times both writes, brings it back and waits for a healthy cluster.
 async fn one_round(cluster: &Cluster, kind: Kind, round: usize) -> Result<Round> {
     let leader = cluster::leader_index(cluster).await?;
-    let survivor = (leader + 1) % 3;
+    let survivor = (leader + 1) % cluster.nodes().len();
     let target = cluster.id_of(survivor)?;
     let mut raw = cluster::etcd_client(cluster, survivor).await?;
     let management = cluster.management().with_deadline(WRITE_DEADLINE);

@@ -4,8 +4,10 @@
 //!   (etcd started, cluster PKI and state written, leader elected, TLS serving, first
 //!   GetNodes as the owner OK).
 //! * With real node processes (`launch`): launching a 3-node cluster to all HEALTHY; one node
-//!   restarted (clean stop, start, Join) until the leader has a heartbeat of its new boot; and
-//!   a cold restart of the whole cluster (every node SIGKILLed, all started) to all HEALTHY.
+//!   restarted (clean stop, start, Join) until the leader has a heartbeat of its new boot; a
+//!   cold restart of the whole cluster (every node SIGKILLed, all started) to all HEALTHY; and
+//!   launching a 5-node cluster (five consensus members, the size operators run) to all
+//!   HEALTHY.
 //!
 //! Baseline: the store's own start — a raw single-member etcd from an empty directory to its
 //! first answered request (`test_support::etcd::TestEtcd`), median of the repeats. Every
@@ -27,6 +29,7 @@ const NAME: &str = "restart";
 /// ports), and ten is plenty for a median.
 pub const MAX_REPEATS: usize = 10;
 const CLUSTER_BLOCK: &str = "127.90.7";
+const CLUSTER_BLOCK_5: &str = "127.90.11";
 const WAIT: Duration = Duration::from_secs(180);
 
 /// Sizes.
@@ -43,7 +46,8 @@ pub async fn run(p: &Params) -> Result<ScenarioResult> {
             to its first answered request"
             .into(),
         parameters: format!(
-            "bootstrap median of {} (in-process), 3-node launched cluster (3 consensus members)",
+            "bootstrap median of {} (in-process), 3-node launched cluster (3 consensus \
+             members), 5-node launched cluster (5 consensus members)",
             p.repeats
         ),
         ..Default::default()
@@ -66,7 +70,32 @@ pub async fn run(p: &Params) -> Result<ScenarioResult> {
         Ok(rows) => result.rows.extend(rows),
         Err(e) => result.error = Some(format!("launched cluster: {e:#}")),
     }
+    match launched_5().await {
+        Ok(launch) => result.rows.push(Row::pair(
+            NAME,
+            "launch 5-node cluster → all HEALTHY",
+            Unit::Seconds,
+            launch,
+            base,
+        )),
+        Err(e) => {
+            let e = format!("5-node cluster: {e:#}");
+            result.error = Some(match result.error.take() {
+                Some(before) => format!("{before}; {e}"),
+                None => e,
+            });
+        }
+    }
     Ok(result)
+}
+
+/// Seconds to launch a 5-node cluster (five consensus members) until all are HEALTHY.
+async fn launched_5() -> Result<f64> {
+    let start = Instant::now();
+    let cluster = cluster::start(CLUSTER_BLOCK_5, 5, 4).await?;
+    let launch = start.elapsed().as_secs_f64();
+    cluster.shutdown().await;
+    Ok(launch)
 }
 
 async fn raw_etcd_start() -> Result<f64> {

@@ -55,8 +55,9 @@ pub use paths::{
 use paths::{prepare_state_dir, set_parameters, write_file};
 use wait::describe_result;
 
-/// How often cluster state is polled while waiting.
-const POLL: Duration = Duration::from_millis(500);
+/// How often cluster state is polled while waiting (cheap calls; every wait of a launch is
+/// on the path to a formed cluster).
+const POLL: Duration = Duration::from_millis(200);
 
 /// The longest a single GetNodes call inside a wait may be retried before the wait polls again.
 const POLL_CALL_DEADLINE: Duration = Duration::from_secs(20);

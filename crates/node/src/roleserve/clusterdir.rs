@@ -31,14 +31,14 @@ use proto::curator_api::watch_event::Progress;
 use proto::curator_api::watch_request::{Kind, NodesInCluster};
 use supervisor::{Context, Runnable, RunnableResult};
 
-use super::{Roleserve, call_failed, confirm, until_cancelled};
+use super::{Roleserve, call_failed, confirm, follow_leader, until_cancelled};
 
 /// The supervisor runnable.
 pub fn runnable(rs: Arc<Roleserve>) -> Runnable {
     supervisor::runnable(move |ctx: Context| {
         let rs = rs.clone();
         async move {
-            let body = run(rs, ctx.clone());
+            let body = follow_leader(&rs, "watching all nodes", || run(rs.clone(), ctx.clone()));
             until_cancelled(&ctx, body).await
         }
     })

@@ -13,6 +13,11 @@
 //! read from its own etcd (node key from the peer PKI, certificates from the cluster PKI);
 //! JoinNode then succeeds against it like against any other curator.
 //!
+//! When the node stops, both are cancelled together, but etcd stops only after the curator's
+//! election has ended (bounded by [`consensus::HOLD_GRACE`], see [`consensus::Status::hold`]):
+//! a leader's lease is then revoked, and its successor leads at once instead of waiting for the
+//! lease to expire.
+//!
 //! The worker restarts (tearing both down) only when "has a control plane" flips; changes of
 //! the peer list in the role do not matter once the member runs. When the role goes away, the
 //! local etcd state is deleted: the member was removed from the cluster, and a later re-add

@@ -13,7 +13,7 @@ use supervisor::{Context, Runnable, RunnableResult};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Roleserve, call_failed, until_cancelled};
+use super::{Roleserve, call_failed, follow_leader, until_cancelled};
 
 /// How often a beat is sent (upstream's HeartbeatInterval).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -25,7 +25,7 @@ pub fn runnable(rs: Arc<Roleserve>) -> Runnable {
     supervisor::runnable(move |ctx: Context| {
         let rs = rs.clone();
         async move {
-            let body = run(rs, ctx.clone());
+            let body = follow_leader(&rs, "heartbeat", || run(rs.clone(), ctx.clone()));
             until_cancelled(&ctx, body).await
         }
     })

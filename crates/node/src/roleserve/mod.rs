@@ -330,6 +330,56 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
     Ok(())
 }
 
+/// Pauses of a worker between failed runs against the same curator leader: short at first,
+/// capped so that a cluster without a leader is not hammered. A newly published leader ends a
+/// pause at once.
+const LEADER_RETRY: rpc::Backoff =
+    rpc::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+/// A run that lasted this long before it failed starts the pauses over: its failure is a new
+/// incident (a failover), not part of a series.
+const LEADER_RETRY_RESET: Duration = Duration::from_secs(10);
+
+/// Runs a worker body that talks to the curator leader (a stream such as Heartbeat or
+/// Watch), again whenever it fails: at once if the node's leader channel has published
+/// another leader since the run started, otherwise once it does or after a pause
+/// ([`LEADER_RETRY`]), whichever comes first. The supervisor's own restart backoff grows
+/// with every failure and knows nothing of leaders; after a failover the workers would wait
+/// out up to seconds of it while the new leader is already known. The body returns only by
+/// failing (or when the process exits).
+pub(crate) async fn follow_leader<F, Fut>(rs: &Roleserve, what: &str, mut body: F) -> RunnableResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = RunnableResult>,
+{
+    let m = rs.membership().await;
+    let mut leader = m.curator.watch();
+    let mut delays = LEADER_RETRY.delays();
+    loop {
+        let used = leader.borrow_and_update().clone();
+        let started = tokio::time::Instant::now();
+        let error = match body().await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if started.elapsed() >= LEADER_RETRY_RESET {
+            delays.reset();
+        }
+        if *leader.borrow() != used {
+            tracing::info!("{what}: {error}; again on the new curator leader");
+            continue;
+        }
+        tracing::warn!("{what}: {error}; again when the curator leader changes, or after a pause");
+        tokio::select! {
+            changed = leader.changed() => if changed.is_err() {
+                // No leader channel any more (cannot happen while `m` lives): the supervisor
+                // takes over.
+                return Err(error);
+            },
+            () = delays.wait() => {}
+        }
+    }
+}
+
 /// Wraps a worker body: runs it until the runnable is cancelled.
 pub(crate) async fn until_cancelled<F>(ctx: &Context, body: F) -> RunnableResult
 where

@@ -12,15 +12,15 @@ use proto::curator_api::{WatchRevocationsEvent, WatchRevocationsRequest};
 use rpc::RevocationSet;
 use supervisor::{Context, Runnable, RunnableResult};
 
-use super::{Roleserve, call_failed, until_cancelled};
+use super::{Roleserve, call_failed, follow_leader, until_cancelled};
 
-/// The supervisor runnable. A failed watch ends it; the supervisor restarts it with backoff,
-/// and every new watch starts with the full current state.
+/// The supervisor runnable. A failed watch is started again (on the new leader at once after
+/// a failover, see [`follow_leader`]), and every new watch starts with the full current state.
 pub fn runnable(rs: Arc<Roleserve>) -> Runnable {
     supervisor::runnable(move |ctx: Context| {
         let rs = rs.clone();
         async move {
-            let body = run(rs, ctx.clone());
+            let body = follow_leader(&rs, "watching revocations", || run(rs.clone(), ctx.clone()));
             until_cancelled(&ctx, body).await
         }
     })

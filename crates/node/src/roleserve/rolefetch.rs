@@ -23,7 +23,10 @@ use supervisor::{Context, Runnable, RunnableResult};
 
 use super::confirm::{Confirmer, Order, same_peer_pki};
 use super::controlplane::local_state_present;
-use super::{Membership, Roleserve, call_failed, describe_roles, gone_message, until_cancelled};
+use super::{
+    Membership, Roleserve, call_failed, describe_roles, follow_leader, gone_message,
+    until_cancelled,
+};
 use crate::exit::Exit;
 use crate::storage::contents;
 
@@ -32,7 +35,7 @@ pub fn runnable(rs: Arc<Roleserve>) -> Runnable {
     supervisor::runnable(move |ctx: Context| {
         let rs = rs.clone();
         async move {
-            let body = run(rs, ctx.clone());
+            let body = follow_leader(&rs, "watching this node", || run(rs.clone(), ctx.clone()));
             until_cancelled(&ctx, body).await
         }
     })
