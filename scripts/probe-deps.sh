@@ -32,4 +32,9 @@ command -v tc >/dev/null 2>&1 || fail "tc not found" iproute2
 tc -V >/dev/null 2>&1 || fail "tc -V failed" iproute2
 command -v nft >/dev/null 2>&1 || fail "nft not found" nftables
 
-echo "deps probe: protoc + well-known types, etcd, initdb, ip netns, tc, nft all present"
+# The metrics tests: a real Prometheus scraping a cluster, promtool checking every exporter.
+command -v prometheus >/dev/null 2>&1 || fail "prometheus not found" prometheus
+command -v promtool >/dev/null 2>&1 || fail "promtool not found" prometheus
+promtool --version >/dev/null 2>&1 || fail "promtool --version failed" prometheus
+
+echo "deps probe: protoc + well-known types, etcd, initdb, ip netns, tc, nft, prometheus all present"
