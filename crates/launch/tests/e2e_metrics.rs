@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -117,7 +116,7 @@ fn free_port() -> u16 {
 
 /// The Prometheus configuration of this test: http_sd against node 0's `/discovery`, the
 /// owner's certificate for discovery and scrapes alike, everything refreshed every second.
-fn prometheus_config(cluster: &Cluster, dir: &Path) -> String {
+fn prometheus_config(cluster: &Cluster) -> String {
     let cert = cluster.owner_cert_path();
     let key = cluster.owner_pkcs8_key_path();
     // Node certificates name the node ID, not its address, and Prometheus sets one server name
@@ -128,7 +127,6 @@ fn prometheus_config(cluster: &Cluster, dir: &Path) -> String {
         cert.display(),
         key.display()
     );
-    let _ = dir;
     format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
 scrape_configs:\n  - job_name: metropolis\n    tls_config:\n{tls_job}    http_sd_configs:\n      \
@@ -261,7 +259,7 @@ async fn metrics() {
     // A real Prometheus, told only where discovery is.
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, prometheus_config(&cluster, dir.path())).expect("config");
+    std::fs::write(&config, prometheus_config(&cluster)).expect("config");
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
     let mut prometheus = tokio::process::Command::new("prometheus")
