@@ -10,7 +10,7 @@
 # `cargo install --locked` when missing; cargo-deny takes several minutes to build once.
 
 CARGO ?= cargo
-DEBIAN_PACKAGES := etcd-server protobuf-compiler libprotobuf-dev postgresql iproute2 nftables systemd chromium
+DEBIAN_PACKAGES := etcd-server protobuf-compiler libprotobuf-dev postgresql iproute2 nftables systemd chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps test lint unit cluster bench fuzz chaos clean bundle

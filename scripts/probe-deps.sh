@@ -38,4 +38,9 @@ command -v systemd-analyze >/dev/null 2>&1 || fail "systemd-analyze not found" s
 command -v chromium >/dev/null 2>&1 || fail "chromium not found" chromium
 chromium --headless --version >/dev/null 2>&1 || fail "chromium --headless --version failed" chromium
 
-echo "deps probe: protoc + well-known types, etcd, initdb, ip netns, tc, nft, systemd-analyze, chromium all present"
+# The metrics tests: a real Prometheus scraping a cluster, promtool checking every exporter.
+command -v prometheus >/dev/null 2>&1 || fail "prometheus not found" prometheus
+command -v promtool >/dev/null 2>&1 || fail "promtool not found" prometheus
+promtool --version >/dev/null 2>&1 || fail "promtool --version failed" prometheus
+
+echo "deps probe: protoc + well-known types, etcd, initdb, ip netns, tc, nft, systemd-analyze, chromium, prometheus all present"

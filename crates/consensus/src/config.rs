@@ -15,6 +15,10 @@ use crate::membership::ExistingNode;
 /// `unix://client.sock:0`, which creates this file.
 pub const SOCKET_NAME: &str = "client.sock:0";
 
+/// File name of the metrics socket inside the ephemeral directory (same `host:port` form as
+/// [`SOCKET_NAME`]): etcd serves its Prometheus metrics there, for the node to proxy.
+pub const METRICS_SOCKET_NAME: &str = "metrics.sock:0";
+
 /// Configuration of one node's etcd member.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -107,6 +111,16 @@ impl Config {
     /// The client socket path.
     pub fn socket_path(&self) -> PathBuf {
         self.ephemeral_dir.join(SOCKET_NAME)
+    }
+
+    /// The metrics socket path.
+    pub fn metrics_socket_path(&self) -> PathBuf {
+        Self::metrics_socket_in(&self.ephemeral_dir)
+    }
+
+    /// The metrics socket of a member whose ephemeral directory is `ephemeral_dir`.
+    pub fn metrics_socket_in(ephemeral_dir: &Path) -> PathBuf {
+        ephemeral_dir.join(METRICS_SOCKET_NAME)
     }
 
     /// etcd's own data directory.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::config::{Config, SOCKET_NAME};
+use crate::config::{Config, METRICS_SOCKET_NAME, SOCKET_NAME};
 use crate::error::Error;
 use crate::membership::ExistingNode;
 
@@ -50,9 +50,11 @@ impl EtcdProcess {
             .map_err(io("creating", &config.ephemeral_dir))?;
         std::fs::create_dir_all(&config.data_dir).map_err(io("creating", &config.data_dir))?;
         // A stale socket from a killed predecessor would make etcd fail to listen.
-        let socket = config.ephemeral_dir.join(SOCKET_NAME);
-        if socket.exists() {
-            std::fs::remove_file(&socket).map_err(io("removing stale socket", &socket))?;
+        for name in [SOCKET_NAME, METRICS_SOCKET_NAME] {
+            let socket = config.ephemeral_dir.join(name);
+            if socket.exists() {
+                std::fs::remove_file(&socket).map_err(io("removing stale socket", &socket))?;
+            }
         }
 
         let name = config.name();
@@ -139,8 +141,12 @@ fn args(config: &Config, mode: &Mode) -> Vec<String> {
         "stderr".into(),
         "--log-level".into(),
         "info".into(),
-        // Metrics and the v2 API are off: nothing here scrapes them and v2 has no auth.
+        // The v2 API is off: nothing uses it and it has no auth.
         "--enable-v2=false".into(),
+        // Prometheus metrics on a unix socket of their own, which the node's metrics service
+        // proxies to the owner (see `Config::metrics_socket_path`).
+        "--listen-metrics-urls".into(),
+        format!("unix://{METRICS_SOCKET_NAME}"),
         // History is compacted by etcd itself; without it every overwrite stays forever.
         "--auto-compaction-mode".into(),
         "revision".into(),

@@ -17,6 +17,7 @@ pub mod follower;
 pub mod health;
 pub mod leader;
 pub mod listener;
+pub mod metrics;
 pub mod revocation;
 pub mod service;
 pub mod state;

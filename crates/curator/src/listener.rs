@@ -18,6 +18,7 @@ use crate::election::ElectionStatus;
 use crate::follower::{FollowerGate, FollowerLocalService, KnownLeader};
 use crate::health::Clock;
 use crate::leader::{self, Leader};
+use crate::metrics::CuratorMetrics;
 use crate::state::node;
 
 /// What a follower serves, as its reflection lists it.
@@ -53,6 +54,8 @@ pub struct ListenerConfig {
     pub clock: Arc<dyn Clock>,
     /// Connection limits of the port.
     pub limits: Limits,
+    /// Call and leadership metrics, if the node collects them.
+    pub metrics: Option<Arc<CuratorMetrics>>,
 }
 
 /// Serves on `listener` until `cancel`, following `election`.
@@ -66,6 +69,13 @@ pub async fn serve(
     let tls = rpc::server_tls::server_config(&config.credentials).map_err(|e| e.to_string())?;
     let security =
         ServerSecurity::new(config.credentials.ca().to_vec(), config.revocations.clone());
+    let layer = match &config.metrics {
+        Some(m) => {
+            m.set_revocations(config.revocations.clone());
+            m.layer()
+        }
+        None => rpc::metrics::RpcMetricsLayer::default(),
+    };
     let ns = config
         .consensus
         .namespaced(&[crate::KEYSPACE])
@@ -90,7 +100,10 @@ pub async fn serve(
                     config.clock.clone(),
                     config.revocations.clone(),
                 );
-                let router = leader::router(&leader, security.clone());
+                if let Some(m) = &config.metrics {
+                    m.leading(&leader);
+                }
+                let router = leader::router_observed(&leader, security.clone(), layer.clone());
                 // The background reconciler lives exactly as long as this leadership's
                 // server: `sever` fires when the election status changes.
                 tokio::spawn(leader::background::run(
@@ -101,6 +114,9 @@ pub async fn serve(
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
             }
             other => {
+                if let Some(m) = &config.metrics {
+                    m.not_leading();
+                }
                 let known = match other {
                     ElectionStatus::Follower { leader_id } => KnownLeader {
                         node_id: leader_id.clone(),
@@ -115,7 +131,7 @@ pub async fn serve(
                     leader: known.clone(),
                     ns: ns.clone(),
                 };
-                let router = rpc::serve::server_builder(security.clone())
+                let router = rpc::serve::server_builder_observed(security.clone(), layer.clone())
                     .layer(FollowerGate::new(known))
                     .add_service(
                         proto::curator_api::curator_local_server::CuratorLocalServer::new(local)
@@ -136,6 +152,9 @@ pub async fn serve(
             abort.abort();
         }
         if stop {
+            if let Some(m) = &config.metrics {
+                m.not_leading();
+            }
             return Ok(());
         }
     }

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::election::{self, ElectionStatus};
 use crate::health::{Clock, SystemClock};
 use crate::listener::{self, ListenerConfig};
+use crate::metrics::CuratorMetrics;
 
 /// Configuration of one node's curator.
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Connection limits of the curator port ([`listener::connection_limits`] by default).
     pub connection_limits: rpc::serve::Limits,
+    /// Where the curator records its metrics; the node keeps one set across restarts.
+    pub metrics: Option<Arc<CuratorMetrics>>,
 }
 
 impl Config {
@@ -48,6 +51,7 @@ impl Config {
             revocations: RevocationSet::new(),
             clock: Arc::new(SystemClock),
             connection_limits: listener::connection_limits(),
+            metrics: None,
         }
     }
 }
@@ -151,6 +155,7 @@ impl Curator {
             revocations: self.config.revocations.clone(),
             clock: self.config.clock.clone(),
             limits: self.config.connection_limits.clone(),
+            metrics: self.config.metrics.clone(),
         };
         listener::serve(
             listener_config,

@@ -328,6 +328,22 @@ node delete metropolis-0123456789abcdef --bypass-not-decommissioned --yes"
         yes: bool,
     },
 
+    /// Print a node's Prometheus metrics (from its metrics service, port 7840).
+    #[command(
+        long_about = "Print the metrics one exporter of a node serves, in Prometheus' text \
+format, as the owner: `node` (the node process), `etcd` (its etcd member) or `curator` (its \
+curator); the last two only on consensus members.",
+        after_help = "Examples:\n  metroctl node metrics metropolis-0123456789abcdef\n  \
+metroctl node metrics metropolis-0123456789abcdef --exporter curator"
+    )]
+    Metrics {
+        /// ID of the node.
+        id: String,
+        /// Which exporter: node, etcd or curator.
+        #[arg(long, default_value = "node")]
+        exporter: String,
+    },
+
     /// Print the logs of a node (from its NodeManagement service, port 7839).
     #[command(
         long_about = "Print log entries of a node, rendered like upstream: \

@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 pub const OWNER_KEY_FILE: &str = "owner-key.pem";
 /// Owner certificate (PEM CERTIFICATE).
 pub const OWNER_CERT_FILE: &str = "owner.pem";
+/// The owner key again, as standard PKCS#8 PEM, for tools that present the owner certificate
+/// themselves (Prometheus scraping the nodes' metrics, grpcurl).
+pub const OWNER_PKCS8_KEY_FILE: &str = "owner.key";
 /// Pinned cluster CA (PEM CERTIFICATE).
 pub const CA_FILE: &str = "ca.pem";
 /// Default endpoints, one per line (ours).
@@ -120,6 +123,13 @@ impl ConfigDir {
         files::write_atomic(&path, key.to_owner_key_pem().as_bytes(), PRIVATE_MODE)
             .map_err(|e| Error::local(format!("writing {}: {e}", path.display())))?;
         Ok((key, true))
+    }
+
+    /// Writes the owner key as PKCS#8 PEM ([`OWNER_PKCS8_KEY_FILE`]).
+    pub fn save_owner_pkcs8_key(&self, key: &SigningKey) -> Result<()> {
+        let path = self.path(OWNER_PKCS8_KEY_FILE);
+        files::write_atomic(&path, key.to_pkcs8_pem().as_bytes(), PRIVATE_MODE)
+            .map_err(|e| Error::local(format!("writing {}: {e}", path.display())))
     }
 
     /// The owner certificate (DER), if present.

@@ -329,18 +329,24 @@ impl Session {
     }
 
     /// A NodeManagement client for node `id` at `address` (IP), verified to be that node.
-    pub async fn node_management(
-        &self,
-        id: &str,
-        address: &str,
-    ) -> Result<NodeManagementClient<Channel>> {
+    /// Owner TLS towards node `id` itself: its node certificate, of the pinned cluster, not
+    /// revoked.
+    pub fn node_tls(&self, id: &str) -> Result<std::sync::Arc<rustls::ClientConfig>> {
         let verification = ServerVerification::Cluster {
             ca: self.ca.clone(),
             node_id: Some(id.to_string()),
             crl: Some(self.crl.clone()),
         };
-        let config = client_tls::client_config(&self.creds, verification)
-            .map_err(|e| Error::local(format!("building the TLS configuration: {e}")))?;
+        client_tls::client_config(&self.creds, verification)
+            .map_err(|e| Error::local(format!("building the TLS configuration: {e}")))
+    }
+
+    pub async fn node_management(
+        &self,
+        id: &str,
+        address: &str,
+    ) -> Result<NodeManagementClient<Channel>> {
+        let config = self.node_tls(id)?;
         let endpoint = normalize_endpoint(address, rpc::NODE_MANAGEMENT_PORT)?;
         let connect = client_tls::connect(&endpoint, config);
         match tokio::time::timeout(NODE_CONNECT_TIMEOUT, connect).await {

@@ -8,7 +8,7 @@
 //! (etcd member + curator) while it holds the ConsensusMember role, role fetch, status push,
 //! heartbeats, the cluster directory and the NodeManagement service with its Logs RPC
 //! ([`logs`]) and UpdateNode ([`update`]: bundles, A/B slots, the loader that boots the slot
-//! the boot state names). [`version`] is what the binary reports as its version. [`app`]
+//! the boot state names) and the metrics service ([`metrics`]). [`version`] is what the binary reports as its version. [`app`]
 //! wires it into a process: logging into the logtree (and stdout), the
 //! supervision tree, signals and exit codes ([`exit`]).
 //!
@@ -25,6 +25,7 @@ pub mod exit;
 pub mod failpoint;
 pub mod layout;
 pub mod logs;
+pub mod metrics;
 pub mod params;
 pub mod probe;
 pub mod roleserve;

@@ -23,6 +23,8 @@
 //!   curators and leaders that fail a caller-supplied [`LeaderCheck`].
 //! * [`management`]: a typed client of the cluster API (Management, and the Curator calls an
 //!   operator makes) over the leader channel or a fixed channel.
+//! * [`https`]: one HTTPS GET (HTTP/1.1) to a node, verified like a gRPC connection.
+//! * [`metrics`]: a tower layer counting and timing calls by method and gRPC code (Prometheus).
 //! * [`serve`]: a TLS accept loop with a bounded handshake feeding a tonic router.
 //! * [`reflection`]: gRPC server reflection (v1 and v1alpha) over our full descriptor set.
 
@@ -32,8 +34,10 @@ pub mod authz;
 pub mod client_tls;
 pub mod crl;
 pub mod error;
+pub mod https;
 pub mod leader;
 pub mod management;
+pub mod metrics;
 pub mod peer;
 pub mod reflection;
 pub mod retry;

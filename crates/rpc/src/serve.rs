@@ -56,6 +56,7 @@ use tower_layer::{Identity, Layer, Stack};
 use tower_service::Service;
 
 use crate::authz::{AuthLayer, ServerSecurity};
+use crate::metrics::RpcMetricsLayer;
 
 /// Upper bound for a TLS handshake (the default of [`Limits::handshake_timeout`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -237,8 +238,9 @@ pub fn tls_incoming_with(
     ReceiverStream::new(rx)
 }
 
-/// The layers every server of ours runs: [`ActivityLayer`] (outermost) and the authorization.
-pub type Layers = Stack<AuthLayer, Stack<ActivityLayer, Identity>>;
+/// The layers every server of ours runs: [`ActivityLayer`] (outermost), the call metrics
+/// (inert unless the server has any) and the authorization.
+pub type Layers = Stack<AuthLayer, Stack<RpcMetricsLayer, Stack<ActivityLayer, Identity>>>;
 
 /// A tonic server builder with our HTTP/2 limits and the [`ActivityLayer`], without
 /// authorization (for servers that authenticate their callers themselves, as BMaaS does).
@@ -261,7 +263,15 @@ pub fn server() -> Server<Stack<ActivityLayer, Identity>> {
 
 /// A tonic server builder with the authorization layer installed and our HTTP/2 limits.
 pub fn server_builder(security: ServerSecurity) -> Server<Layers> {
-    server().layer(AuthLayer::new(security))
+    server_builder_observed(security, RpcMetricsLayer::default())
+}
+
+/// [`server_builder`] recording every call (authorized or refused) with `metrics`.
+pub fn server_builder_observed(
+    security: ServerSecurity,
+    metrics: RpcMetricsLayer,
+) -> Server<Layers> {
+    server().layer(metrics).layer(AuthLayer::new(security))
 }
 
 /// Raises the process' open-file limit to its hard limit (servers call this as they start)

@@ -98,6 +98,12 @@ impl Context {
         }
     }
 
+    /// Status of every runnable of this supervision tree (the whole tree, not only this
+    /// runnable's subtree), in DN order: what a runnable reports about its siblings (metrics).
+    pub fn tree_status(&self) -> Vec<crate::RunnableStatus> {
+        self.shared.status_snapshot()
+    }
+
     /// This runnable's DN, e.g. `root.role.curator`.
     pub fn dn(&self) -> &Dn {
         &self.dn

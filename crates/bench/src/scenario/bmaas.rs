@@ -54,6 +54,8 @@ pub async fn run(p: &Params) -> Result<ScenarioResult> {
         grpc_listen_address: "127.0.0.1:0".into(),
         public_listen_address: "127.0.0.1:0".into(),
         webug_listen_address: None,
+        prometheus_listen_address: None,
+        prometheus_insecure: false,
         tls: tls.clone(),
         bmdb: bmdb.clone(),
     })

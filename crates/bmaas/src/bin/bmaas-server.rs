@@ -43,6 +43,8 @@ async fn main() -> anyhow::Result<()> {
         grpc_listen_address: flags.component.grpc_listen_address.clone(),
         public_listen_address: flags.public_grpc_listen_address.clone(),
         webug_listen_address: flags.webug_listen_address.clone(),
+        prometheus_listen_address: flags.component.prometheus_listen_address.clone(),
+        prometheus_insecure: flags.component.prometheus_insecure,
         tls,
         bmdb: db.bmdb.clone(),
     })
@@ -55,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
         writeln!(out, "public gRPC listening on {}", server.public_address)?;
         if let Some(a) = server.webug_address {
             writeln!(out, "webug listening on http://{a}/")?;
+        }
+        if let Some(a) = server.prometheus_address {
+            writeln!(out, "metrics listening on {a}")?;
         }
         out.flush()
     };

@@ -36,6 +36,16 @@ pub struct ComponentFlags {
         default_value = ":4242"
     )]
     pub grpc_listen_address: String,
+    /// Prometheus metrics listen address (`/metrics`); unset = no metrics. Mutual TLS against
+    /// the component CA unless --srv-prometheus-insecure.
+    #[arg(
+        long = "srv-prometheus-listen-address",
+        alias = "srv_prometheus_listen_address"
+    )]
+    pub prometheus_listen_address: Option<String>,
+    /// Serve the metrics over plain HTTP, without TLS or client authentication.
+    #[arg(long = "srv-prometheus-insecure", alias = "srv_prometheus_insecure")]
+    pub prometheus_insecure: bool,
     /// Use (and create if needed) development certificates instead of the paths above.
     #[arg(long = "srv-dev-certs", aliases = ["srv_dev_certs", "dev-certs"])]
     pub dev_certs: bool,
@@ -225,6 +235,9 @@ mod tests {
             "--bmdb-eat-my-data",
             "--webug-listen-address",
             "127.0.0.1:0",
+            "--srv_prometheus_listen_address",
+            "127.0.0.1:0",
+            "--srv_prometheus_insecure",
         ])
         .expect("flags parse");
         assert!(f.component.dev_certs && f.bmdb.eat_my_data);
@@ -232,5 +245,10 @@ mod tests {
         assert_eq!(f.public_grpc_listen_address, ":8080");
         assert_eq!(f.bmdb.user_name, "bmdb");
         assert_eq!(f.webug_listen_address.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(
+            f.component.prometheus_listen_address.as_deref(),
+            Some("127.0.0.1:0")
+        );
+        assert!(f.component.prometheus_insecure);
     }
 }

@@ -5,7 +5,10 @@
 //! * internal gRPC (`--srv-grpc-listen-address`, default `:4242`): mutual TLS against the
 //!   component CA; reflection and our `Operator` service ([`operator`]);
 //! * debug web page (`--webug-listen-address`, off unless given): a read-only list of machines
-//!   and their tags ([`webug`]).
+//!   and their tags ([`webug`]);
+//! * Prometheus metrics (`--srv-prometheus-listen-address`, off unless given): `/metrics` over
+//!   mutual TLS against the component CA, or plain HTTP with `--srv-prometheus-insecure`
+//!   ([`metrics`]).
 //!
 //! All requests share one long-lived BMDB session ([`bmdb::SessionKeeper`], component name
 //! `srv`, started with the server), replaced when it expires. [`Server::start`] binds every listener before serving, so
@@ -15,6 +18,7 @@ pub mod agent_callback;
 pub mod convert;
 pub mod db;
 pub mod flags;
+pub mod metrics;
 pub mod operator;
 pub mod tls;
 pub mod webug;
@@ -48,6 +52,10 @@ pub struct Config {
     pub public_listen_address: String,
     /// Debug web page listen address; `None` disables it.
     pub webug_listen_address: Option<String>,
+    /// Prometheus metrics listen address; `None` disables them.
+    pub prometheus_listen_address: Option<String>,
+    /// Serve metrics over plain HTTP instead of mutual TLS.
+    pub prometheus_insecure: bool,
     /// The server's certificate, key and CA.
     pub tls: ComponentTls,
     /// The (migrated) BMDB.
@@ -63,6 +71,8 @@ pub struct Server {
     pub public_address: SocketAddr,
     /// Where the debug web page is bound, if enabled.
     pub webug_address: Option<SocketAddr>,
+    /// Where the metrics are served, if enabled.
+    pub prometheus_address: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<(&'static str, Result<()>)>,
 }
@@ -102,6 +112,14 @@ impl Server {
             Some(a) => Some(listen(a).await?),
             None => None,
         };
+        let prometheus = match &config.prometheus_listen_address {
+            Some(a) => Some((listen(a).await?, a.clone())),
+            None => None,
+        };
+        let prometheus_address = match &prometheus {
+            Some((l, a)) => Some(local_addr(l, a)?),
+            None => None,
+        };
         let grpc_address = local_addr(&grpc, &config.grpc_listen_address)?;
         let public_address = local_addr(&public, &config.public_listen_address)?;
         let webug_address = match (&webug, &config.webug_listen_address) {
@@ -124,9 +142,11 @@ impl Server {
         };
         let mut tasks = JoinSet::new();
 
+        let server_metrics = metrics::ServerMetrics::new()?;
         let operator = operator::OperatorService::new(keeper.clone());
         // Both gRPC listeners run under rpc's connection and HTTP/2 limits (rpc::serve).
         let internal = rpc::serve::server()
+            .layer(server_metrics.layer())
             .add_service(
                 OperatorServer::new(operator)
                     .max_decoding_message_size(operator::MAX_REQUEST_BYTES),
@@ -141,6 +161,7 @@ impl Server {
 
         let agent_callback = agent_callback::AgentCallbackService::new(keeper.clone());
         let public = rpc::serve::server()
+            .layer(server_metrics.layer())
             .add_service(
                 AgentCallbackServer::new(agent_callback)
                     .max_decoding_message_size(agent_callback::MAX_REQUEST_BYTES),
@@ -155,6 +176,21 @@ impl Server {
             );
         tasks.spawn(async move { ("public gRPC", public.await.map_err(Error::from)) });
 
+        if let Some((l, _)) = prometheus {
+            let tls = if config.prometheus_insecure {
+                None
+            } else {
+                Some(tls::metrics_server_config(&config.tls)?)
+            };
+            let (stop, bmdb) = (stopped(&shutdown), config.bmdb.clone());
+            tasks.spawn(async move {
+                (
+                    "metrics",
+                    metrics::serve(l, tls, server_metrics, bmdb, stop).await,
+                )
+            });
+        }
+
         if let Some(l) = webug {
             let stop = stopped(&shutdown);
             tasks.spawn(async move { ("webug", webug::serve(l, keeper, stop).await) });
@@ -164,6 +200,7 @@ impl Server {
             grpc_address,
             public_address,
             webug_address,
+            prometheus_address,
             shutdown,
             tasks,
         })

@@ -101,6 +101,13 @@ pub fn public_server_config(tls: &ComponentTls) -> Result<Arc<rustls::ServerConf
     Ok(Arc::new(config))
 }
 
+/// The metrics listener's TLS configuration: as the internal listener's, for HTTP/1.1.
+pub fn metrics_server_config(tls: &ComponentTls) -> Result<Arc<rustls::ServerConfig>> {
+    let mut config = (*internal_server_config(tls)?).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The internal listener's TLS configuration: client certificates of the component CA only.
 pub fn internal_server_config(tls: &ComponentTls) -> Result<Arc<rustls::ServerConfig>> {
     let provider = rpc::crypto_provider();

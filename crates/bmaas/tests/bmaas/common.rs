@@ -38,6 +38,8 @@ pub async fn start() -> TestServer {
         grpc_listen_address: "127.0.0.1:0".into(),
         public_listen_address: "127.0.0.1:0".into(),
         webug_listen_address: Some("127.0.0.1:0".into()),
+        prometheus_listen_address: Some("127.0.0.1:0".into()),
+        prometheus_insecure: false,
         tls: tls.clone(),
         bmdb: bmdb.clone(),
     })

@@ -9,5 +9,6 @@ mod agent;
 mod agent_callback;
 mod common;
 mod e2e;
+mod metrics;
 mod operator;
 mod webug;

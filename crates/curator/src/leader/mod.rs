@@ -194,11 +194,20 @@ pub fn router(
     leader: &Arc<Leader>,
     security: rpc::ServerSecurity,
 ) -> tonic::transport::server::Router<rpc::serve::Layers> {
+    router_observed(leader, security, rpc::metrics::RpcMetricsLayer::default())
+}
+
+/// [`router`] recording every call with `metrics` (the curator's metrics layer).
+pub fn router_observed(
+    leader: &Arc<Leader>,
+    security: rpc::ServerSecurity,
+    metrics: rpc::metrics::RpcMetricsLayer,
+) -> tonic::transport::server::Router<rpc::serve::Layers> {
     use proto::api::{aaa_server::AaaServer, management_server::ManagementServer};
     use proto::curator_api::{
         curator_local_server::CuratorLocalServer, curator_server::CuratorServer,
     };
-    rpc::serve::server_builder(security)
+    rpc::serve::server_builder_observed(security, metrics)
         .add_service(
             ManagementServer::new(management::ManagementService(leader.clone()))
                 .max_decoding_message_size(limits::MAX_MANAGEMENT_REQUEST_BYTES),

@@ -16,6 +16,7 @@ mod cluster;
 mod decommission;
 mod delete;
 mod logs;
+mod metrics;
 mod nodes;
 mod power;
 mod roles;
@@ -97,6 +98,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 )
                 .await
             }
+            NodeCommand::Metrics { id, exporter } => metrics::run(&env, &id, &exporter).await,
             NodeCommand::Logs {
                 id,
                 dn,

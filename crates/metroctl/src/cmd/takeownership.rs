@@ -66,6 +66,7 @@ pub async fn run(env: &Env) -> Result<()> {
     }
     let again = cfg.owner_cert()?.is_some();
     cfg.save_owner_cert(&cert)?;
+    cfg.save_owner_pkcs8_key(&key)?;
     // Later commands work without --endpoints.
     cfg.save_endpoints(session.endpoints())?;
     let verb = if again { "refreshed" } else { "saved" };

@@ -176,6 +176,7 @@ async fn run_control_plane(rs: &Arc<Roleserve>, ctx: &Context) -> RunnableResult
     );
     curator_config.leader_ttl = env.leader_ttl;
     curator_config.revocations = env.revocations.clone();
+    curator_config.metrics = Some(rs.metrics().curator.clone());
     ctx.run("curator", curator::Curator::new(curator_config).runnable())?;
     rs.set_control_plane(true);
     tracing::info!("control plane running (etcd member and curator)");

@@ -54,7 +54,10 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
         first = false;
         let sent = tokio::time::Instant::now();
         match tokio::time::timeout(HEARTBEAT_TIMEOUT, replies.message()).await {
-            Ok(Ok(Some(_))) => {}
+            Ok(Ok(Some(_))) => rs
+                .metrics()
+                .heartbeat_round_trip
+                .observe(sent.elapsed().as_secs_f64()),
             Ok(Ok(None)) => return Err("heartbeat stream ended".into()),
             Ok(Err(s)) => return Err(call_failed(&rs, &m, "heartbeat", s).await),
             Err(_) => {

@@ -15,7 +15,8 @@
 //! * `revocations`: what the cluster revoked (Curator.WatchRevocations), for this node's
 //!   servers,
 //! * `clusterdirectory`: keeps `esp/metropolis/cluster_directory.pb` current,
-//! * `crl`: keeps the cluster CRL current and persisted.
+//! * `crl`: keeps the cluster CRL current and persisted,
+//! * `metrics`: the metrics service on port 7840 ([`crate::metrics`]).
 //!
 //! Which curator the node listens to, and when it acts on a destructive order, is decided in
 //! [`trust`] and [`confirm`].
@@ -128,6 +129,8 @@ pub struct Roleserve {
     /// The node's one updater (made by the first `nodemgmt` run): its lock must outlive
     /// restarts of that worker, since an install goes on after the worker is gone.
     updater: std::sync::Mutex<Option<Arc<crate::update::Updater>>>,
+    /// What the node's metrics service exports.
+    metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl std::fmt::Debug for Roleserve {
@@ -154,6 +157,7 @@ impl Roleserve {
             outcome,
             ready: AtomicBool::new(false),
             updater: std::sync::Mutex::new(None),
+            metrics: crate::metrics::NodeMetrics::new(),
         })
     }
 
@@ -169,6 +173,16 @@ impl Roleserve {
         let u = make()?;
         *held = Some(u.clone());
         Ok(u)
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::NodeMetrics> {
+        &self.metrics
+    }
+
+    /// Whether the node has printed `NODE_READY` (enrolled, status reported).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
     }
 
     /// Asks the process to end (first request wins; later ones are ignored by the receiver).
@@ -325,6 +339,7 @@ async fn run(rs: Arc<Roleserve>, ctx: Context) -> RunnableResult {
     ctx.run("revocations", revocations::runnable(rs.clone()))?;
     ctx.run("clusterdirectory", clusterdir::runnable(rs.clone()))?;
     ctx.run("crl", crl::runnable(rs.clone()))?;
+    ctx.run("metrics", crate::metrics::runnable(rs.clone()))?;
     ctx.signal_healthy();
     ctx.cancelled().await;
     Ok(())
